@@ -1,0 +1,85 @@
+"""Command line: ``python -m bnlab train ...`` and ``python -m bnlab build-subset ...``.
+
+Run ``python -m bnlab train --help`` for every option.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .data import DataError, build_subset, load_mnist
+from .models import PLACEMENTS, MLPConfig
+from .training import TrainConfig, train_mlp
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="python -m bnlab", description="BatchNorm in PyTorch: course tools.")
+    commands = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = commands.add_parser(
+        "train",
+        help="train one MLP configuration and print the per-epoch table",
+        description="Train one MLP configuration on MNIST and print loss and accuracy after every epoch. "
+        "The defaults are the lecture's reference run: 784-75-45-10, BatchNorm before ReLU, no hidden bias, "
+        "SGD lr 0.1, batch 256, 50 epochs, seed 123.",
+    )
+    run.add_argument("--hidden", type=int, nargs="+", default=[75, 45], metavar="N", help="hidden layer sizes (default: 75 45)")
+    run.add_argument("--placement", choices=PLACEMENTS, default="before", help="where BatchNorm goes relative to the ReLU (default: before)")
+    bias = run.add_mutually_exclusive_group()
+    bias.add_argument("--bias", dest="bias", action="store_true", default=None, help="give every hidden Linear layer a bias")
+    bias.add_argument("--no-bias", dest="bias", action="store_false", help="no bias in the hidden Linear layers")
+    run.add_argument("--dropout", type=float, default=0.0, help="dropout probability after each hidden block (default: 0)")
+    run.add_argument("--init-std", type=float, default=None, help="start weights from N(0, STD^2), e.g. 0.001 (default: PyTorch's init)")
+    run.add_argument("--epochs", type=int, default=50, help="number of epochs (default: 50)")
+    run.add_argument("--batch-size", type=int, default=256, help="mini-batch size (default: 256)")
+    run.add_argument("--lr", type=float, default=0.1, help="SGD learning rate (default: 0.1)")
+    run.add_argument("--seed", type=int, default=123, help="random seed for init, batch order and dropout (default: 123)")
+    run.add_argument("--train-samples", type=int, default=None, help="use only the first N training images (default: all)")
+    run.add_argument("--device", default=None, help="cpu, cuda or mps (default: the best available)")
+    run.add_argument("--data", default=None, help="data folder (default: $BNLAB_DATA, else ./data)")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    subset = commands.add_parser(
+        "build-subset",
+        help="build the offline MNIST-10k subset from the official test-set files",
+        description="Build a torchvision-layout MNIST root from t10k-images-idx3-ubyte.gz and "
+        "t10k-labels-idx1-ubyte.gz (the official 10,000-image MNIST test set), re-split into train, "
+        "validation and test. Results from it are labelled 'MNIST-10k subset'.",
+    )
+    subset.add_argument("--source", required=True, help="folder holding the two official t10k .gz files")
+    subset.add_argument("--root", required=True, help="data folder to create (then set BNLAB_DATA to it)")
+    subset.add_argument("--train", type=int, default=8_000, help="training images (default: 8000)")
+    subset.add_argument("--val", type=int, default=1_000, help="validation images (default: 1000)")
+    subset.add_argument("--test", type=int, default=1_000, help="test images (default: 1000)")
+    return top
+
+
+def main(argv: list[str] | None = None) -> int:
+    cli = parser()
+    args = cli.parse_args(argv)
+    try:
+        if args.command == "train":
+            model_config = MLPConfig(
+                hidden=tuple(args.hidden), placement=args.placement, bias=args.bias,
+                dropout=args.dropout, init_std=args.init_std,
+            )
+            train_config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
+            data = load_mnist(args.data, train_samples=args.train_samples)
+            print(data.describe())
+            _, history = train_mlp(model_config, data, train_config, device=args.device, progress=not args.no_progress)
+            print(history.table())
+        else:
+            root = build_subset(args.source, args.root, train=args.train, val=args.val, test=args.test)
+            print(f"built the MNIST-10k subset in {root}; use it with: export BNLAB_DATA={root}")
+    except (ValueError, DataError) as err:
+        first, *rest = str(err).splitlines()
+        print(f"error: {first}", file=sys.stderr)
+        for line in rest:
+            print(line, file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
