@@ -1,0 +1,63 @@
+"""The command line, ``python -m bnlab`` (bnlab/__main__.py)."""
+
+import subprocess
+import sys
+
+import pytest
+
+from bnlab.__main__ import main
+
+
+def test_help_explains_every_option(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["train", "--help"])
+    assert info.value.code == 0
+    text = capsys.readouterr().out
+    for option in ("--hidden", "--placement", "--bias", "--no-bias", "--dropout", "--init-std", "--epochs",
+                   "--batch-size", "--lr", "--seed", "--device", "--data", "--no-progress", "--train-samples"):
+        assert option in text
+
+
+def test_a_short_run_prints_the_per_epoch_table(subset_root, capsys):
+    code = main(["train", "--epochs", "2", "--train-samples", "1000", "--data", str(subset_root),
+                 "--no-progress", "--device", "cpu"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "MNIST-10k subset: 1,000 train" in out
+    rows = [line for line in out.splitlines() if line.strip()[:1].isdigit()]
+    assert len(rows) == 2 and "test accuracy" in out
+
+
+def test_bad_value_is_a_one_line_error_not_a_traceback(subset_root, capsys):
+    code = main(["train", "--dropout", "1.5", "--data", str(subset_root)])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: MLPConfig.dropout") and "Traceback" not in err
+
+
+def test_bad_choice_is_rejected_by_the_parser(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["train", "--placement", "middle"])
+    assert info.value.code == 2 and "invalid choice" in capsys.readouterr().err
+
+
+def test_missing_data_is_reported_with_what_to_do(tmp_path, capsys, monkeypatch):
+    from torchvision.datasets import MNIST
+
+    monkeypatch.setattr(MNIST, "mirrors", ["http://127.0.0.1:9/"])
+    code = main(["train", "--data", str(tmp_path), "--epochs", "1"])
+    err = capsys.readouterr().err
+    assert code == 2 and "could not be downloaded" in err and "build-subset" in err
+
+
+def test_build_subset_command_builds_a_loadable_root(t10k_source, tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "bnlab", "build-subset", "--source", str(t10k_source), "--root", str(tmp_path)],
+        capture_output=True, text=True, check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "BNLAB_DATA" in result.stdout and (tmp_path / "MNIST" / "bnlab-subset.json").exists()
+
+
+def test_build_subset_from_a_wrong_folder_fails_clearly(tmp_path, capsys):
+    assert main(["build-subset", "--source", str(tmp_path), "--root", str(tmp_path / "out")]) == 2
+    assert "not found" in capsys.readouterr().err

@@ -1,0 +1,151 @@
+import gzip
+import shutil
+
+import pytest
+import torch
+from torchvision import transforms
+from torchvision.datasets import MNIST
+
+from bnlab.data import (
+    DATA_ENV,
+    SUBSET_NAME,
+    BatchLoader,
+    DataError,
+    Split,
+    build_subset,
+    data_root,
+    load_mnist,
+)
+
+
+def test_offline_root_loads_through_torchvisions_own_mnist_class(subset_root):
+    train = MNIST(str(subset_root), train=True, download=False)
+    test = MNIST(str(subset_root), train=False, download=False)
+    assert len(train) == 9_000 and len(test) == 1_000
+    image, label = train[0]
+    assert image.size == (28, 28) and 0 <= label <= 9
+
+
+def test_subset_is_named_and_split_as_recorded(subset_root):
+    data = load_mnist(subset_root)
+    assert data.name == SUBSET_NAME == "MNIST-10k subset"
+    assert (len(data.train), len(data.val), len(data.test)) == (8_000, 1_000, 1_000)
+    assert "MNIST-10k subset" in data.describe()
+
+
+def test_subset_uses_every_source_image_once(subset_root, t10k_source):
+    data = load_mnist(subset_root)
+    with gzip.open(t10k_source / "t10k-labels-idx1-ubyte.gz") as f:
+        source_labels = torch.frombuffer(bytearray(f.read()[8:]), dtype=torch.uint8).long()
+    ours = torch.cat([data.train.labels, data.val.labels, data.test.labels])
+    assert torch.equal(torch.bincount(ours, minlength=10), torch.bincount(source_labels, minlength=10))
+
+
+def test_validation_is_the_last_images_of_the_training_file(subset_root):
+    data = load_mnist(subset_root)
+    raw = MNIST(str(subset_root), train=True, download=False)
+    assert torch.equal(data.val.labels, raw.targets[-1_000:])
+    assert torch.equal(data.train.labels, raw.targets[:8_000])
+
+
+def test_pixels_match_to_tensor(subset_root):
+    data = load_mnist(subset_root)
+    raw = MNIST(str(subset_root), train=False, download=False, transform=transforms.ToTensor())
+    for i in (0, 17, 999):
+        assert torch.equal(data.test.images[i], raw[i][0])
+    assert data.train.images.dtype == torch.float32 and data.train.images.shape[1:] == (1, 28, 28)
+
+
+def test_train_samples_keeps_the_first_images_and_the_full_validation_split(subset_root):
+    data = load_mnist(subset_root, train_samples=500)
+    assert len(data.train) == 500 and len(data.val) == 1_000
+    with pytest.raises(ValueError, match="train_samples"):
+        load_mnist(subset_root, train_samples=0)
+
+
+def test_root_comes_from_argument_then_environment_then_default(monkeypatch, tmp_path):
+    monkeypatch.setenv(DATA_ENV, str(tmp_path / "env"))
+    assert data_root(tmp_path / "arg") == tmp_path / "arg"
+    assert data_root() == tmp_path / "env"
+    monkeypatch.delenv(DATA_ENV)
+    assert str(data_root()) == "data"
+
+
+def test_missing_data_offline_gives_one_clear_error(monkeypatch, tmp_path):
+    monkeypatch.setattr(MNIST, "mirrors", ["http://127.0.0.1:9/"])  # a port nothing listens on: no network
+    with pytest.raises(DataError) as info:
+        load_mnist(tmp_path / "empty")
+    message = str(info.value)
+    assert "could not be downloaded" in message
+    assert "build-subset" in message and DATA_ENV in message
+
+
+def test_truncated_file_is_reported_not_crashed_on(subset_root, tmp_path):
+    root = tmp_path / "copy"
+    shutil.copytree(subset_root, root)
+    raw = root / "MNIST" / "raw" / "train-images-idx3-ubyte"
+    raw.write_bytes(raw.read_bytes()[:100_000])
+    with pytest.raises(DataError, match="train-images-idx3-ubyte"):
+        load_mnist(root)
+
+
+def test_truncated_file_without_marker_is_reported_as_truncated(subset_root, tmp_path):
+    root = tmp_path / "copy"
+    shutil.copytree(subset_root, root)
+    (root / "MNIST" / "bnlab-subset.json").unlink()  # no MD5s to compare: the size check must catch it
+    raw = root / "MNIST" / "raw" / "t10k-images-idx3-ubyte"
+    raw.write_bytes(raw.read_bytes()[:-784])
+    with pytest.raises(DataError, match="truncated"):
+        load_mnist(root, download=False)
+
+
+def test_corrupt_byte_is_caught_by_md5(subset_root, tmp_path):
+    root = tmp_path / "copy"
+    shutil.copytree(subset_root, root)
+    raw = root / "MNIST" / "raw" / "t10k-labels-idx1-ubyte"
+    data = bytearray(raw.read_bytes())
+    data[-1] = (data[-1] + 1) % 10
+    raw.write_bytes(bytes(data))
+    with pytest.raises(DataError, match="corrupt"):
+        load_mnist(root)
+
+
+def test_build_subset_rejects_a_corrupt_source(t10k_source, tmp_path):
+    source = tmp_path / "source"
+    shutil.copytree(t10k_source, source)
+    (source / "t10k-labels-idx1-ubyte.gz").write_bytes(b"not gzip")
+    with pytest.raises(DataError, match="MD5"):
+        build_subset(source, tmp_path / "root")
+    assert not (tmp_path / "root" / "MNIST").exists()
+
+
+def test_build_subset_replaces_an_existing_root_whole(t10k_source, tmp_path):
+    build_subset(t10k_source, tmp_path, train=100, val=50, test=50)
+    build_subset(t10k_source, tmp_path, train=200, val=50, test=50)
+    data = load_mnist(tmp_path)
+    assert (len(data.train), len(data.val), len(data.test)) == (200, 50, 50)
+    assert [p.name for p in tmp_path.iterdir()] == ["MNIST"]  # no staging folder left behind
+
+
+def test_batch_loader_visits_every_example_once_per_epoch():
+    split = Split(torch.arange(10.0).reshape(10, 1), torch.arange(10))
+    loader = BatchLoader(split, 3, shuffle=True, drop_last=False, seed=0)
+    seen = torch.cat([yb for _, yb in loader])
+    assert len(loader) == 4 and sorted(seen.tolist()) == list(range(10))
+    assert len(BatchLoader(split, 3, drop_last=True)) == 3
+
+
+def test_batch_loader_order_depends_only_on_the_seed():
+    split = Split(torch.zeros(100, 1), torch.arange(100))
+    first = [yb for _, yb in BatchLoader(split, 10, seed=1)]
+    again = [yb for _, yb in BatchLoader(split, 10, seed=1)]
+    other = [yb for _, yb in BatchLoader(split, 10, seed=2)]
+    assert all(torch.equal(a, b) for a, b in zip(first, again))
+    assert not all(torch.equal(a, b) for a, b in zip(first, other))
+
+
+def test_bad_shapes_and_sizes_are_rejected():
+    with pytest.raises(ValueError, match="images but"):
+        Split(torch.zeros(3, 1), torch.zeros(4))
+    with pytest.raises(ValueError, match="batch_size"):
+        BatchLoader(Split(torch.zeros(3, 1), torch.zeros(3)), 0)
