@@ -1,0 +1,167 @@
+"""BatchNorm from scratch: what ``torch.nn.BatchNorm1d`` computes, written out in a few lines.
+
+For an input ``x`` of shape ``(N, C)`` or ``(N, C, L)`` every channel ``c`` gets its own statistics, taken over
+all the other dimensions (the batch, and the length ``L`` where there is one).
+
+Train mode normalises with the statistics of the batch, using the *biased* variance (divide by the number ``n``
+of values per channel)::
+
+    mean_B = 1/n * sum_i x_i
+    var_B  = 1/n * sum_i (x_i - mean_B)^2
+    y      = weight * (x - mean_B) / sqrt(var_B + eps) + bias
+
+and updates the running statistics, with the *unbiased* variance ``var_B * n / (n - 1)``::
+
+    running_mean = (1 - momentum) * running_mean + momentum * mean_B
+    running_var  = (1 - momentum) * running_var  + momentum * var_B * n / (n - 1)
+
+``momentum=None`` uses ``1 / num_batches_tracked`` as the factor instead: the plain (cumulative) average of all
+batch statistics so far.
+
+Eval mode normalises with the running statistics and changes nothing::
+
+    y = weight * (x - running_mean) / sqrt(running_var + eps) + bias
+
+``weight`` (gamma) and ``bias`` (beta) are learnable parameters; ``running_mean``, ``running_var`` and
+``num_batches_tracked`` are buffers: saved in ``state_dict()`` and moved by ``.to(device)``, but never trained.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def channel_dims(ndim: int) -> tuple[int, ...]:
+    """The dimensions BatchNorm averages over: all but the channel dimension 1.
+
+    ``(N, C)`` -> ``(0,)``; ``(N, C, L)`` -> ``(0, 2)``; ``(N, C, H, W)`` -> ``(0, 2, 3)`` (what BatchNorm2d uses).
+    """
+    if ndim < 2:
+        raise ValueError(f"ndim must be at least 2 (a batch dimension and a channel dimension); got {ndim}.")
+    return (0, *range(2, ndim))
+
+
+class BatchNorm1d(nn.Module):
+    """Batch normalisation of ``(N, C)`` or ``(N, C, L)`` inputs, written from the formulas.
+
+    It matches ``torch.nn.BatchNorm1d(num_features, eps=eps, momentum=momentum)`` in outputs, gradients and
+    buffers (see the module docstring for the formulas).
+
+    Args:
+        num_features: ``C``, the number of channels (features).
+        eps: added to the variance before the square root, for numerical safety.
+        momentum: weight of the new batch statistic in the running average, or ``None`` for the cumulative
+            average. Not an optimiser's momentum.
+    """
+
+    def __init__(self, num_features: int, *, eps: float = 1e-5, momentum: float | None = 0.1):
+        super().__init__()
+        if not (isinstance(num_features, int) and not isinstance(num_features, bool) and num_features > 0):
+            raise ValueError(f"num_features must be a positive integer; got {num_features!r}.")
+        if not (isinstance(eps, (int, float)) and eps > 0):
+            raise ValueError(f"eps must be a positive number; got {eps!r}.")
+        if momentum is not None and not (isinstance(momentum, (int, float)) and 0.0 <= momentum <= 1.0):
+            raise ValueError(f"momentum must be a number in [0, 1] or None (cumulative average); got {momentum!r}.")
+        self.num_features = num_features
+        self.eps = eps
+        self.momentum = momentum
+        self.weight = nn.Parameter(torch.ones(num_features))
+        self.bias = nn.Parameter(torch.zeros(num_features))
+        self.register_buffer("running_mean", torch.zeros(num_features))
+        self.register_buffer("running_var", torch.ones(num_features))
+        self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long))
+
+    def reset_running_stats(self) -> None:
+        """Running mean 0, running variance 1, no batches seen."""
+        self.running_mean.zero_()
+        self.running_var.fill_(1.0)
+        self.num_batches_tracked.zero_()
+
+    def reset_parameters(self) -> None:
+        """Running statistics reset; weight (gamma) 1 and bias (beta) 0."""
+        self.reset_running_stats()
+        with torch.no_grad():
+            self.weight.fill_(1.0)
+            self.bias.zero_()
+
+    def check_input(self, x: torch.Tensor) -> None:
+        if x.dim() not in (2, 3) or x.shape[1] != self.num_features:
+            raise ValueError(
+                f"expected input of shape (N, {self.num_features}) or (N, {self.num_features}, L); "
+                f"got shape {tuple(x.shape)}."
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.check_input(x)
+        dims = channel_dims(x.dim())
+        shape = (1, self.num_features) + (1,) * (x.dim() - 2)  # broadcast per-channel vectors over N (and L)
+        if self.training:
+            n = x.numel() // self.num_features  # values per channel
+            if n < 2:
+                raise ValueError(f"Expected more than 1 value per channel when training, got input size {x.size()}")
+            mean = x.mean(dim=dims)
+            var = x.var(dim=dims, correction=0)  # biased: divide by n
+            self.update_running_stats(mean.detach(), var.detach() * n / (n - 1))  # unbiased: divide by n - 1
+        else:
+            mean, var = self.running_mean, self.running_var
+        x_hat = (x - mean.view(shape)) / torch.sqrt(var.view(shape) + self.eps)
+        return self.weight.view(shape) * x_hat + self.bias.view(shape)
+
+    @torch.no_grad()
+    def update_running_stats(self, batch_mean: torch.Tensor, batch_var_unbiased: torch.Tensor) -> None:
+        """``running = (1 - factor) * running + factor * batch``, factor = momentum or 1 / num_batches_tracked."""
+        self.num_batches_tracked += 1
+        factor = 1.0 / self.num_batches_tracked.item() if self.momentum is None else self.momentum
+        self.running_mean.mul_(1 - factor).add_(factor * batch_mean)
+        self.running_var.mul_(1 - factor).add_(factor * batch_var_unbiased)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}"
+
+
+# --- Checking a BatchNorm against PyTorch's -----------------------------------------------------------------
+
+COMPARED = ("output", "input grad", "weight grad", "bias grad", "running_mean", "running_var", "num_batches_tracked")
+
+
+def max_differences(
+    ours: nn.Module,
+    reference: nn.Module,
+    batches: list[torch.Tensor],
+    *,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Feed the same batches through both modules, in each module's current mode; return, for every quantity in
+    ``COMPARED``, the largest absolute difference seen over all batches.
+
+    Gradients come from ``loss = sum(y * g)`` with a random ``g`` (seeded by ``seed``): with ``g = 1`` the input
+    gradient of a train-mode BatchNorm is exactly zero and would prove nothing. Buffers are compared after every
+    batch. Both modules must start from the same state (e.g. both freshly built).
+    """
+    if not batches:
+        raise ValueError("batches is empty: give at least one input tensor.")
+    if ours.training != reference.training:
+        raise ValueError(f"ours and reference must be in the same mode; got training={ours.training} and {reference.training}.")
+    generator = torch.Generator().manual_seed(seed)
+    worst = dict.fromkeys(COMPARED, 0.0)
+
+    def note(name: str, a: torch.Tensor, b: torch.Tensor) -> None:
+        worst[name] = max(worst[name], (a.detach().double() - b.detach().double()).abs().max().item())
+
+    for batch in batches:
+        x_ours = batch.detach().clone().requires_grad_(True)
+        x_ref = batch.detach().clone().requires_grad_(True)
+        y_ours, y_ref = ours(x_ours), reference(x_ref)
+        g = torch.randn(y_ref.shape, generator=generator, dtype=y_ref.dtype).to(y_ref.device)
+        for module in (ours, reference):
+            module.zero_grad(set_to_none=True)
+        (y_ours * g).sum().backward()
+        (y_ref * g).sum().backward()
+        note("output", y_ours, y_ref)
+        note("input grad", x_ours.grad, x_ref.grad)
+        note("weight grad", ours.weight.grad, reference.weight.grad)
+        note("bias grad", ours.bias.grad, reference.bias.grad)
+        for name in ("running_mean", "running_var", "num_batches_tracked"):
+            note(name, getattr(ours, name), getattr(reference, name))
+    return worst

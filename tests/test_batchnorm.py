@@ -1,0 +1,262 @@
+"""bnlab.batchnorm: the from-scratch BatchNorm1d behaves like torch.nn.BatchNorm1d."""
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from bnlab.batchnorm import COMPARED, BatchNorm1d, channel_dims, max_differences
+
+TOLERANCE = 1e-4  # float32, values of order 1-10
+
+
+def random_batches(shape, count=5, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    return [3.0 * torch.randn(shape, generator=generator) + 2.0 for _ in range(count)]
+
+
+def pair(num_features, **kwargs):
+    return BatchNorm1d(num_features, **kwargs), nn.BatchNorm1d(num_features, **kwargs)
+
+
+@pytest.mark.parametrize("shape", [(16, 5), (8, 5, 7), (2, 5)], ids=["N,C", "N,C,L", "two examples"])
+@pytest.mark.parametrize("momentum", [0.1, None, 0.5])
+def test_matches_torch_in_train_mode_outputs_gradients_and_buffers(shape, momentum):
+    ours, theirs = pair(5, momentum=momentum)
+    differences = max_differences(ours, theirs, random_batches(shape))
+    assert set(differences) == set(COMPARED)
+    assert all(d < TOLERANCE for d in differences.values()), differences
+    assert ours.num_batches_tracked.item() == theirs.num_batches_tracked.item() == 5
+
+
+@pytest.mark.parametrize("shape", [(16, 5), (8, 5, 7), (1, 5)], ids=["N,C", "N,C,L", "one example"])
+def test_matches_torch_in_eval_mode_after_training(shape):
+    ours, theirs = pair(5)
+    max_differences(ours, theirs, random_batches((32, 5), seed=1))  # a few train-mode steps first
+    ours.eval(), theirs.eval()
+    differences = max_differences(ours, theirs, random_batches(shape, seed=2))
+    assert all(d < TOLERANCE for d in differences.values()), differences
+
+
+def test_eval_mode_leaves_the_buffers_unchanged():
+    bn = BatchNorm1d(4)
+    bn(torch.randn(10, 4))
+    before = {k: v.clone() for k, v in bn.named_buffers()}
+    bn.eval()
+    bn(torch.randn(10, 4) * 5 + 3)
+    for name, value in bn.named_buffers():
+        assert torch.equal(value, before[name]), name
+
+
+def test_starts_with_gamma_one_beta_zero_mean_zero_variance_one():
+    bn = BatchNorm1d(3)
+    assert torch.equal(bn.weight, torch.ones(3)) and torch.equal(bn.bias, torch.zeros(3))
+    assert torch.equal(bn.running_mean, torch.zeros(3)) and torch.equal(bn.running_var, torch.ones(3))
+    assert bn.num_batches_tracked.item() == 0 and bn.num_batches_tracked.dtype == torch.long
+    assert bn.eps == 1e-5 and bn.momentum == 0.1
+
+
+def test_weight_and_bias_are_parameters_and_statistics_are_buffers():
+    bn = BatchNorm1d(3)
+    assert [name for name, _ in bn.named_parameters()] == ["weight", "bias"]
+    assert [name for name, _ in bn.named_buffers()] == ["running_mean", "running_var", "num_batches_tracked"]
+    assert list(bn.state_dict()) == list(nn.BatchNorm1d(3).state_dict())
+
+
+def test_state_dict_is_interchangeable_with_torch_batchnorm1d():
+    theirs = nn.BatchNorm1d(4)
+    for x in random_batches((20, 4), count=3):
+        theirs(x)
+    with torch.no_grad():
+        theirs.weight.mul_(2.0)
+    ours = BatchNorm1d(4)
+    ours.load_state_dict(theirs.state_dict())
+    ours.eval(), theirs.eval()
+    x = torch.randn(6, 4)
+    torch.testing.assert_close(ours(x), theirs(x))
+
+
+def test_buffers_move_with_to_device_and_dtype():
+    bn = BatchNorm1d(3).to("meta")  # a real device move that every machine can do
+    assert all(t.device.type == "meta" for t in [*bn.parameters(), *bn.buffers()])
+    bn = BatchNorm1d(3).to(torch.float64)
+    assert bn.running_mean.dtype == bn.running_var.dtype == bn.weight.dtype == torch.float64
+    assert bn.num_batches_tracked.dtype == torch.long  # integer buffers keep their type
+    assert bn(torch.randn(4, 3, dtype=torch.float64)).dtype == torch.float64
+
+
+def test_train_mode_normalises_with_the_biased_variance_over_all_but_the_channel_dimension():
+    x = random_batches((6, 3, 4), count=1)[0]
+    bn = BatchNorm1d(3)
+    mean = x.mean(dim=(0, 2), keepdim=True)
+    var_biased = ((x - mean) ** 2).mean(dim=(0, 2), keepdim=True)
+    torch.testing.assert_close(bn(x), (x - mean) / torch.sqrt(var_biased + 1e-5))
+
+
+def test_running_var_stores_the_unbiased_variance_with_momentum_on_the_new_value():
+    x = random_batches((6, 3), count=1)[0]
+    bn = BatchNorm1d(3, momentum=0.1)
+    bn(x)
+    torch.testing.assert_close(bn.running_mean, 0.9 * torch.zeros(3) + 0.1 * x.mean(dim=0))
+    torch.testing.assert_close(bn.running_var, 0.9 * torch.ones(3) + 0.1 * x.var(dim=0, correction=1))
+
+
+def test_momentum_none_keeps_the_plain_average_of_the_batch_statistics():
+    batches = random_batches((10, 4), count=4)
+    bn = BatchNorm1d(4, momentum=None)
+    for x in batches:
+        bn(x)
+    torch.testing.assert_close(bn.running_mean, torch.stack([x.mean(dim=0) for x in batches]).mean(dim=0))
+    torch.testing.assert_close(bn.running_var, torch.stack([x.var(dim=0) for x in batches]).mean(dim=0))
+    assert bn.num_batches_tracked.item() == 4
+
+
+def test_no_grad_in_train_mode_still_updates_the_running_statistics_like_torch():
+    ours, theirs = pair(3)
+    x = random_batches((8, 3), count=1)[0]
+    with torch.no_grad():
+        ours(x), theirs(x)
+    assert ours.num_batches_tracked.item() == theirs.num_batches_tracked.item() == 1
+    torch.testing.assert_close(ours.running_mean, theirs.running_mean)
+
+
+def test_running_statistics_do_not_enter_the_autograd_graph():
+    bn = BatchNorm1d(3)
+    x = torch.randn(8, 3, requires_grad=True)
+    bn(x)
+    assert not bn.running_mean.requires_grad and not bn.running_var.requires_grad
+
+
+def test_reset_parameters_restores_the_start_values():
+    bn = BatchNorm1d(3)
+    bn(torch.randn(8, 3) + 4)
+    with torch.no_grad():
+        bn.weight.add_(1.0), bn.bias.add_(1.0)
+    bn.reset_parameters()
+    fresh = BatchNorm1d(3)
+    for name, value in fresh.state_dict().items():
+        assert torch.equal(bn.state_dict()[name], value), name
+
+
+def test_one_value_per_channel_in_train_mode_raises_the_same_error_as_torch():
+    ours, theirs = pair(5)
+    x = torch.randn(1, 5)
+    with pytest.raises(ValueError) as torch_error:
+        theirs(x)
+    with pytest.raises(ValueError, match="Expected more than 1 value per channel when training") as our_error:
+        ours(x)
+    assert str(our_error.value) == str(torch_error.value)
+    assert ours.num_batches_tracked.item() == 0  # nothing was updated
+
+
+def test_one_example_with_a_length_dimension_is_enough_in_train_mode():
+    ours, theirs = pair(5)
+    differences = max_differences(ours, theirs, random_batches((1, 5, 4), count=2))
+    assert all(d < TOLERANCE for d in differences.values()), differences
+
+
+@pytest.mark.parametrize("shape", [(5,), (4, 5, 2, 2), (4, 6), (4, 6, 3)])
+def test_wrong_input_shape_raises_value_error_naming_the_expected_shape(shape):
+    with pytest.raises(ValueError, match=r"expected input of shape \(N, 5\) or \(N, 5, L\)") as error:
+        BatchNorm1d(5)(torch.randn(shape))
+    assert str(tuple(shape)) in str(error.value)
+
+
+@pytest.mark.parametrize(
+    "kwargs, argument",
+    [
+        ({"num_features": 0}, "num_features"),
+        ({"num_features": 2.0}, "num_features"),
+        ({"num_features": True}, "num_features"),
+        ({"num_features": 3, "eps": 0}, "eps"),
+        ({"num_features": 3, "momentum": 1.5}, "momentum"),
+        ({"num_features": 3, "momentum": -0.1}, "momentum"),
+    ],
+)
+def test_invalid_arguments_raise_value_error_naming_the_argument(kwargs, argument):
+    with pytest.raises(ValueError, match=argument):
+        BatchNorm1d(**kwargs)
+
+
+def test_repr_shows_the_configuration():
+    assert repr(BatchNorm1d(7, momentum=None)) == "BatchNorm1d(7, eps=1e-05, momentum=None)"
+
+
+def test_channel_dims_are_every_dimension_but_the_channels():
+    assert channel_dims(2) == (0,)
+    assert channel_dims(3) == (0, 2)
+    assert channel_dims(4) == (0, 2, 3)
+    with pytest.raises(ValueError, match="ndim"):
+        channel_dims(1)
+
+
+def test_channel_dims_give_batchnorm2d_its_per_channel_statistics():
+    x = random_batches((4, 3, 5, 5), count=1)[0]
+    bn2d = nn.BatchNorm2d(3, momentum=1.0)  # momentum 1: the running mean is the batch mean
+    bn2d(x)
+    torch.testing.assert_close(bn2d.running_mean, x.mean(dim=channel_dims(4)))
+
+
+def test_can_replace_torch_batchnorm_inside_the_course_mlp():
+    from bnlab.models import MLPConfig, build_mlp
+
+    torch.manual_seed(0)
+    theirs = build_mlp(MLPConfig(hidden=(8, 6), in_features=12, num_classes=3))
+    ours = copy.deepcopy(theirs)
+    for index, layer in enumerate(ours):
+        if isinstance(layer, nn.BatchNorm1d):
+            ours[index] = BatchNorm1d(layer.num_features)
+    ours.load_state_dict(theirs.state_dict())
+    x, y = torch.randn(16, 12), torch.randint(0, 3, (16,))
+    for model in (ours, theirs):
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        for _ in range(3):
+            optimizer.zero_grad()
+            nn.functional.cross_entropy(model(x), y).backward()
+            optimizer.step()
+    ours.eval(), theirs.eval()
+    torch.testing.assert_close(ours(x), theirs(x), atol=1e-5, rtol=1e-4)
+
+
+class UnbiasedNormalisation(BatchNorm1d):
+    """A typical mistake: normalising with the unbiased variance."""
+
+    def forward(self, x):
+        if not self.training:
+            return super().forward(x)
+        dims = channel_dims(x.dim())
+        shape = (1, self.num_features) + (1,) * (x.dim() - 2)
+        mean, var = x.mean(dim=dims), x.var(dim=dims, correction=1)
+        self.update_running_stats(mean.detach(), var.detach())
+        return self.weight.view(shape) * (x - mean.view(shape)) / torch.sqrt(var.view(shape) + self.eps) + self.bias.view(shape)
+
+
+class MomentumOnTheOldValue(BatchNorm1d):
+    """Another typical mistake: ``running = momentum * running + (1 - momentum) * batch``."""
+
+    @torch.no_grad()
+    def update_running_stats(self, batch_mean, batch_var_unbiased):
+        self.num_batches_tracked += 1
+        self.running_mean.mul_(self.momentum).add_((1 - self.momentum) * batch_mean)
+        self.running_var.mul_(self.momentum).add_((1 - self.momentum) * batch_var_unbiased)
+
+
+def test_max_differences_catches_normalising_with_the_unbiased_variance():
+    differences = max_differences(UnbiasedNormalisation(5), nn.BatchNorm1d(5), random_batches((4, 5)))
+    assert differences["output"] > 1e-2
+    assert differences["running_var"] < TOLERANCE  # the stored variance is right; only the output is wrong
+
+
+def test_max_differences_catches_momentum_on_the_wrong_term():
+    differences = max_differences(MomentumOnTheOldValue(5), nn.BatchNorm1d(5), random_batches((16, 5)))
+    assert differences["running_mean"] > 0.5 and differences["running_var"] > 0.5
+    assert differences["output"] < TOLERANCE  # train-mode outputs do not use the running statistics
+
+
+def test_max_differences_needs_batches_and_modules_in_the_same_mode():
+    with pytest.raises(ValueError, match="batches"):
+        max_differences(BatchNorm1d(3), nn.BatchNorm1d(3), [])
+    with pytest.raises(ValueError, match="same mode"):
+        max_differences(BatchNorm1d(3), nn.BatchNorm1d(3).eval(), random_batches((4, 3)))
+
