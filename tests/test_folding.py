@@ -1,0 +1,207 @@
+import pytest
+import torch
+from torch import nn
+from torch.nn.utils.fusion import fuse_linear_bn_eval
+
+from bnlab.folding import count_batchnorms, fold_batchnorm, fold_batchnorms
+from bnlab.models import MLPConfig, build_mlp
+
+
+def random_statistics(bn: nn.BatchNorm1d, generator: torch.Generator) -> nn.BatchNorm1d:
+    """Give ``bn`` random running statistics and affine parameters (as training would), and put it in eval mode."""
+    n = bn.num_features
+    with torch.no_grad():
+        bn.running_mean.copy_(torch.randn(n, generator=generator) * 3)
+        bn.running_var.copy_(torch.rand(n, generator=generator) * 4 + 0.01)
+        if bn.affine:
+            bn.weight.copy_(torch.randn(n, generator=generator))
+            bn.bias.copy_(torch.randn(n, generator=generator))
+    return bn.eval()
+
+
+def linear_and_bn(*, bias: bool, seed: int, n_in: int = 20, n_out: int = 7, affine: bool = True):
+    generator = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    linear = nn.Linear(n_in, n_out, bias=bias)
+    bn = random_statistics(nn.BatchNorm1d(n_out, affine=affine), generator)
+    return linear, bn, torch.randn(64, n_in, generator=generator)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("seed", range(5))
+def test_folded_linear_equals_linear_then_batchnorm_in_eval(bias, seed):
+    linear, bn, x = linear_and_bn(bias=bias, seed=seed)
+    folded = fold_batchnorm(linear, bn)
+    expected = bn(linear(x))
+    torch.testing.assert_close(folded(x), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_folded_linear_agrees_with_pytorch_fuse_linear_bn_eval(bias):
+    linear, bn, _ = linear_and_bn(bias=bias, seed=11)
+    ours = fold_batchnorm(linear, bn)
+    theirs = fuse_linear_bn_eval(linear.eval(), bn)
+    torch.testing.assert_close(ours.weight, theirs.weight, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(ours.bias, theirs.bias, rtol=1e-6, atol=1e-6)
+
+
+def test_folding_follows_the_formula():
+    linear, bn, _ = linear_and_bn(bias=True, seed=3)
+    folded = fold_batchnorm(linear, bn)
+    sigma = torch.sqrt(bn.running_var + bn.eps)
+    torch.testing.assert_close(folded.weight, (bn.weight / sigma)[:, None] * linear.weight)
+    torch.testing.assert_close(folded.bias, bn.weight * (linear.bias - bn.running_mean) / sigma + bn.bias)
+
+
+def test_the_bias_comes_back_when_the_linear_layer_had_none():
+    linear, bn, _ = linear_and_bn(bias=False, seed=4)
+    folded = fold_batchnorm(linear, bn)
+    assert linear.bias is None
+    assert folded.bias is not None
+    expected = bn.bias - bn.weight * bn.running_mean / torch.sqrt(bn.running_var + bn.eps)
+    torch.testing.assert_close(folded.bias, expected)
+
+
+def test_batchnorm_without_affine_parameters_folds():
+    linear, bn, x = linear_and_bn(bias=True, seed=5, affine=False)
+    torch.testing.assert_close(fold_batchnorm(linear, bn)(x), bn(linear(x)), rtol=1e-5, atol=1e-5)
+
+
+def test_folding_leaves_the_original_layers_unchanged():
+    linear, bn, _ = linear_and_bn(bias=True, seed=6)
+    before = {k: v.clone() for k, v in {**linear.state_dict(), **bn.state_dict()}.items()}
+    folded = fold_batchnorm(linear, bn)
+    with torch.no_grad():
+        folded.weight.add_(1.0)
+    after = {**linear.state_dict(), **bn.state_dict()}
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_folded_layer_keeps_the_dtype_of_the_linear_layer():
+    linear, bn, x = linear_and_bn(bias=True, seed=7)
+    linear, bn = linear.double(), bn.double()
+    folded = fold_batchnorm(linear, bn)
+    assert folded.weight.dtype == torch.float64
+    torch.testing.assert_close(folded(x.double()), bn(linear(x.double())), rtol=1e-12, atol=1e-12)
+
+
+def test_batchnorm_in_train_mode_is_refused():
+    linear, bn, _ = linear_and_bn(bias=True, seed=8)
+    with pytest.raises(ValueError, match=r"train mode.*model\.eval\(\)"):
+        fold_batchnorm(linear, bn.train())
+
+
+def test_batchnorm_without_running_statistics_is_refused():
+    linear = nn.Linear(5, 3)
+    bn = nn.BatchNorm1d(3, track_running_stats=False).eval()
+    with pytest.raises(ValueError, match="track_running_stats=False"):
+        fold_batchnorm(linear, bn)
+
+
+def test_size_mismatch_is_refused():
+    linear = nn.Linear(5, 4)
+    bn = nn.BatchNorm1d(3).eval()
+    with pytest.raises(ValueError, match="4 output features but bn has num_features=3"):
+        fold_batchnorm(linear, bn)
+
+
+@pytest.mark.parametrize(
+    "linear, bn, argument",
+    [
+        (nn.Conv1d(3, 3, 1), nn.BatchNorm1d(3).eval(), "linear must be an nn.Linear"),
+        (nn.Linear(3, 3), nn.BatchNorm2d(3).eval(), "bn must be an nn.BatchNorm1d"),
+        (nn.Linear(3, 3), nn.LayerNorm(3), "bn must be an nn.BatchNorm1d"),
+    ],
+)
+def test_wrong_layer_types_are_refused(linear, bn, argument):
+    with pytest.raises(ValueError, match=argument):
+        fold_batchnorm(linear, bn)
+
+
+def trained_like_mlp(config: MLPConfig, seed: int = 0) -> nn.Sequential:
+    """The course's MLP with random BatchNorm statistics and parameters, in eval mode."""
+    torch.manual_seed(seed)
+    model = build_mlp(config)
+    generator = torch.Generator().manual_seed(seed)
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm1d):
+            random_statistics(module, generator)
+    return model.eval()
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_folded_model_has_no_batchnorm_and_equals_the_model_in_eval(bias):
+    model = trained_like_mlp(MLPConfig(bias=bias))
+    folded = fold_batchnorms(model)
+    assert count_batchnorms(model) == 2
+    assert count_batchnorms(folded) == 0
+    assert [type(m).__name__ for m in folded] == ["Flatten", "Linear", "ReLU", "Linear", "ReLU", "Linear"]
+    assert all(m.bias is not None for m in folded if isinstance(m, nn.Linear))
+    x = torch.rand(128, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), model(x), rtol=1e-4, atol=1e-4)
+
+
+def test_folding_a_model_with_dropout_keeps_the_dropout_layers():
+    model = trained_like_mlp(MLPConfig(dropout=0.5))
+    folded = fold_batchnorms(model)
+    assert sum(isinstance(m, nn.Dropout) for m in folded) == 2
+    x = torch.rand(32, 1, 28, 28, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), model(x), rtol=1e-4, atol=1e-4)
+
+
+def test_folding_a_model_leaves_it_unchanged():
+    model = trained_like_mlp(MLPConfig())
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    fold_batchnorms(model)
+    assert count_batchnorms(model) == 2
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_nested_sequential_blocks_are_folded():
+    torch.manual_seed(0)
+    generator = torch.Generator().manual_seed(0)
+    block = nn.Sequential(nn.Linear(6, 4, bias=False), random_statistics(nn.BatchNorm1d(4), generator), nn.ReLU())
+    model = nn.Sequential(block, nn.Linear(4, 2)).eval()
+    folded = fold_batchnorms(model)
+    assert count_batchnorms(folded) == 0
+    x = torch.randn(16, 6, generator=generator)
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), model(x), rtol=1e-5, atol=1e-5)
+
+
+def test_model_in_train_mode_is_refused():
+    model = trained_like_mlp(MLPConfig()).train()
+    with pytest.raises(ValueError, match=r"model\.eval\(\)"):
+        fold_batchnorms(model)
+
+
+def test_batchnorm_after_the_activation_is_refused():
+    model = trained_like_mlp(MLPConfig(placement="after"))
+    with pytest.raises(ValueError, match="follows ReLU, not an nn.Linear"):
+        fold_batchnorms(model)
+
+
+def test_batchnorm_inside_another_container_is_refused():
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear, self.bn = nn.Linear(3, 3), nn.BatchNorm1d(3)
+
+        def forward(self, x):
+            return self.bn(self.linear(x))
+
+    with pytest.raises(ValueError, match="not an nn.Sequential"):
+        fold_batchnorms(nn.Sequential(Block()).eval())
+
+
+def test_a_model_that_is_not_sequential_is_refused():
+    with pytest.raises(ValueError, match="model must be an nn.Sequential"):
+        fold_batchnorms(nn.Linear(3, 3))
+
+
+def test_count_batchnorms_counts_every_kind_at_any_depth():
+    model = nn.Sequential(nn.BatchNorm1d(3), nn.Sequential(nn.BatchNorm2d(3), nn.ReLU()), nn.BatchNorm3d(3))
+    assert count_batchnorms(model) == 3
+    assert count_batchnorms(nn.Linear(3, 3)) == 0
