@@ -87,3 +87,168 @@ def test_progress_bar_can_be_turned_off(small_data, capsys):
     train_mlp(MLPConfig(), small_data, TrainConfig(epochs=1, batch_size=500), device="cpu", progress=False)
     captured = capsys.readouterr()
     assert captured.err == "" and captured.out == ""
+
+
+# --- the fast training path: exactly the plain loop, only faster --------------------------------------------------
+
+import copy  # noqa: E402
+
+import torch.nn.functional as F  # noqa: E402
+from torch import nn  # noqa: E402
+
+from bnlab.data import BatchLoader  # noqa: E402
+from bnlab.modes import freeze_batchnorm  # noqa: E402
+from bnlab.training import (  # noqa: E402
+    AutogradStep,
+    Engine,
+    FusedMLPStep,
+    StepLoop,
+    count_correct,
+    epoch_order,
+    fused_unsupported_reason,
+    make_step,
+)
+
+
+def reference_loop(model, split, *, steps, batch_size, lr, seed):
+    """The plain loop, written out: standard modules, autograd, torch.optim.SGD, BatchLoader's batch order."""
+    torch.manual_seed(seed)  # dropout masks, as train() seeds them
+    order = torch.randperm(len(split), generator=torch.Generator().manual_seed(seed))
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+    model.train()
+    for i in range(steps):
+        index = order[i * batch_size : (i + 1) * batch_size]
+        loss = F.cross_entropy(model(split.images[index]), split.labels[index])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return model
+
+
+@pytest.mark.parametrize(
+    "config",
+    [MLPConfig(), MLPConfig(placement="after"), MLPConfig(placement="none"), MLPConfig(dropout=0.3), MLPConfig(init_std=0.001)],
+    ids=["before", "after", "none", "dropout", "bad-init"],
+)
+def test_fast_path_gives_bitwise_the_parameters_of_a_plain_loop(small_data, config):
+    torch.manual_seed(0)
+    fast = build_mlp(config)
+    plain = copy.deepcopy(fast)
+    assert fused_unsupported_reason(fast) is None  # the fast path really is taken
+    train(fast, small_data, TrainConfig(epochs=1, batch_size=100, seed=5), device="cpu", progress=False)
+    reference_loop(plain, small_data.train, steps=10, batch_size=100, lr=0.1, seed=5)
+    for (name, a), b in zip(fast.state_dict().items(), plain.state_dict().values()):
+        assert torch.equal(a, b), name  # weights, biases, running statistics, num_batches_tracked
+    for (name, a), b in zip(fast.named_parameters(), plain.parameters()):
+        assert torch.equal(a.grad, b.grad), name  # the last step's gradients are left in .grad, as the plain loop does
+
+
+def odd_batchnorm(kind: str) -> nn.Sequential:
+    torch.manual_seed(0)
+    model = build_mlp()
+    if kind == "cumulative":
+        model[2] = nn.BatchNorm1d(75, momentum=None)
+    elif kind == "untracked":
+        model[2] = nn.BatchNorm1d(75, track_running_stats=False)
+    elif kind == "no-affine":
+        model[5] = nn.BatchNorm1d(45, affine=False)
+    elif kind == "frozen":
+        freeze_batchnorm(model)  # eval-mode BatchNorm inside a training step
+    return model
+
+
+@pytest.mark.parametrize("kind", ["cumulative", "untracked", "no-affine", "frozen"])
+def test_fused_step_follows_every_batchnorm_setting_exactly(small_data, kind):
+    fused, plain = odd_batchnorm(kind), odd_batchnorm(kind)
+    assert fused_unsupported_reason(fused) is None
+    config = TrainConfig(epochs=2, batch_size=100)
+    first = train(fused, small_data, config, device="cpu", progress=False)
+    second = train(plain, small_data, config, device="cpu", progress=False, engine=Engine(fused=False))
+    assert without_seconds(first) == without_seconds(second)
+    assert all(torch.equal(a, b) for a, b in zip(fused.state_dict().values(), plain.state_dict().values()))
+
+
+def test_fused_step_declines_what_it_cannot_reproduce():
+    assert fused_unsupported_reason(build_mlp(MLPConfig(placement="after", dropout=0.5))) is None
+    hooked = build_mlp()
+    hooked[3].register_forward_hook(lambda module, args, out: out * 2)
+    patched = build_mlp()
+    patched[2].forward = lambda x: x
+    frozen = build_mlp()
+    frozen[1].weight.requires_grad_(False)
+    cases = {
+        "has a hook": hooked,
+        "replaced forward": patched,
+        "does not require grad": frozen,
+        "not one of": nn.Sequential(nn.Flatten(), nn.Linear(784, 10), nn.Tanh()),
+        "first layer is not nn.Flatten": nn.Sequential(nn.Linear(784, 10)),
+        "not an nn.Sequential": nn.Module(),
+        "float64": build_mlp().double(),
+    }
+    for expected, model in cases.items():
+        reason = fused_unsupported_reason(model)
+        assert reason is not None and expected in reason, (expected, reason)
+    assert isinstance(make_step(hooked, lr=0.1), AutogradStep)
+    assert isinstance(make_step(build_mlp(), lr=0.1), FusedMLPStep)
+    assert isinstance(make_step(build_mlp(), lr=0.1, engine=Engine(fused=False)), AutogradStep)
+    assert isinstance(make_step(build_mlp(), lr=0.1, engine=Engine(amp=True)), AutogradStep)
+    with pytest.raises(ValueError, match=r"FusedMLPStep cannot train this model: layer 3 \(ReLU\) has a hook"):
+        FusedMLPStep(hooked, lr=0.1)
+
+
+def test_fused_step_rejects_a_single_example_batch_like_batchnorm_does():
+    step = FusedMLPStep(build_mlp(), lr=0.1)
+    with pytest.raises(ValueError, match="Expected more than 1 value per channel when training"):
+        step(torch.rand(1, 1, 28, 28), torch.tensor([3]))
+
+
+def test_step_loop_draws_the_batches_batchloader_draws(small_data):
+    split = small_data.train
+    seen = []
+    loop = StepLoop(build_mlp(), lambda xb, yb: seen.append((xb.clone(), yb.clone())) or torch.zeros(()), split, 300)
+    generator = torch.Generator().manual_seed(9)
+    loader = BatchLoader(split, 300, shuffle=True, drop_last=True, seed=9)
+    for _ in range(2):  # two epochs: the generator moves on between them
+        seen.clear()
+        loop.epoch(epoch_order(len(split), generator, torch.device("cpu")))
+        expected = list(loader)
+        assert len(seen) == len(expected) == len(loop) == 3  # drop_last
+        assert all(torch.equal(x, ex) and torch.equal(y, ey) for (x, y), (ex, ey) in zip(seen, expected))
+
+
+def test_step_loop_sums_the_batch_losses_on_the_device(small_data):
+    losses = iter(torch.arange(1.0, 11.0))
+    loop = StepLoop(build_mlp(), lambda xb, yb: next(losses), small_data.train, 100, graphs=True)
+    assert loop.graph is None and not loop.graphs  # CUDA graphs only on CUDA; the CPU runs the same step eagerly
+    total = loop.epoch(epoch_order(len(small_data.train), torch.Generator(), torch.device("cpu")))
+    assert total.item() == sum(range(1, 11)) and total.dim() == 0
+
+
+def test_count_correct_counts_on_the_device_and_matches_accuracy(small_data):
+    model = build_mlp()
+    correct = count_correct(model, small_data.val, batch_size=128)  # 1,000 is not a multiple of 128: a short last batch
+    assert correct.dtype == torch.long and correct.device == small_data.val.images.device
+    with torch.inference_mode():
+        model.eval()
+        expected = (model(small_data.val.images).argmax(1) == small_data.val.labels).sum().item()
+    assert correct.item() == expected
+    assert accuracy(model, small_data.val) == pytest.approx(100.0 * expected / len(small_data.val))
+
+
+def test_amp_trains_under_bfloat16_autocast(small_data):
+    _, history = train_mlp(MLPConfig(), small_data, SHORT, device="cpu", progress=False, engine=Engine(amp=True))
+    _, exact = train_mlp(MLPConfig(), small_data, SHORT, device="cpu", progress=False)
+    assert history.final.loss < history.epochs[0].loss and history.final.train_acc > 50
+    assert without_seconds(history) != without_seconds(exact)  # bfloat16 rounds differently
+
+
+@pytest.mark.parametrize("kwargs", [{"fused": 1}, {"cuda_graphs": "yes"}, {"amp": None}])
+def test_invalid_engine_names_the_field(kwargs):
+    (field,) = kwargs
+    with pytest.raises(ValueError, match=f"Engine.{field} must be True or False"):
+        Engine(**kwargs)
+
+
+def test_train_rejects_a_batch_larger_than_the_training_split(small_data):
+    with pytest.raises(ValueError, match="batch_size 5000 is larger than the training split"):
+        train(build_mlp(), small_data, TrainConfig(epochs=1, batch_size=5_000), device="cpu", progress=False)

@@ -1,13 +1,31 @@
-"""Training and evaluation, on the GPU when there is one.
+"""Training and evaluation, fast on a CPU and on a GPU.
 
 ``train`` puts the model in ``train()`` mode for every epoch and evaluates it in ``eval()`` mode under
-``torch.inference_mode()``. Metrics are accumulated on the device and read back once per epoch, so the loop does
-not wait for the device after every batch.
+``torch.inference_mode()``. How it stays fast for a model as small as the lecture's MLP:
+
+* **Data on the device.** Each split is one tensor on the training device. Every epoch draws one permutation
+  from a CPU generator seeded with ``TrainConfig.seed`` (so the batches are the same on every device) and each
+  mini-batch is gathered from it by index: no ``DataLoader``, no worker processes, no per-sample Python or PIL.
+* **No host synchronisation per step.** The loss is summed on the device and correct predictions are counted
+  there; everything is read back once per epoch.
+* **No autograd overhead.** For MLPs made of ``Flatten``, ``Linear``, ``BatchNorm1d``, ``ReLU``, ``Dropout`` and
+  ``Identity`` (every model ``bnlab.models`` builds), ``FusedMLPStep`` runs forward, cross-entropy, backward and the
+  SGD update without building an autograd graph. It calls the very ATen kernels autograd calls, in the same order
+  and on the same arguments, so the parameters after every step are bitwise those of the plain
+  ``loss.backward(); optimizer.step()`` loop. Any other model, or a layer with a hook or a replaced ``forward``,
+  is trained by ``AutogradStep``, which *is* that plain loop.
+* **On CUDA:** host-to-device copies are non-blocking, ``Engine(amp=True)`` autocasts the step to bfloat16, and
+  the whole step is captured once as a CUDA graph and replayed for every batch (``Engine(cuda_graphs=True)``, the
+  default), which removes the kernel-launch overhead that dominates a model this small. The CPU runs the same
+  step code eagerly, reading its batch through the same static index buffer the graph reads.
+
+``python -m bnlab.bench`` measures all of this against the standard ``DataLoader`` + ``ToTensor()`` pipeline.
 """
 
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -15,8 +33,13 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from .data import BatchLoader, Dataset, Split
+from .data import Dataset, Split
 from .models import MLPConfig, build_mlp
+
+aten = torch.ops.aten
+
+NLL_MEAN = 1  # ATen's code for reduction="mean"
+IGNORE_INDEX = -100  # F.cross_entropy's default
 
 
 @dataclass(frozen=True)
@@ -36,6 +59,30 @@ class TrainConfig:
                 raise ValueError(f"TrainConfig.{name} must be a positive integer; got {value!r}.")
         if not (isinstance(self.lr, (int, float)) and self.lr > 0):
             raise ValueError(f"TrainConfig.lr must be a positive number; got {self.lr!r}.")
+
+
+@dataclass(frozen=True)
+class Engine:
+    """How the training step runs. Only ``amp`` changes what is computed; the other options change only speed.
+
+    Attributes:
+        fused: use ``FusedMLPStep`` (no autograd graph) where the model allows it; ``False`` always uses
+            ``AutogradStep``. Both give bitwise the same parameters on the CPU.
+        cuda_graphs: on CUDA, capture one training step as a CUDA graph and replay it for every batch.
+            Ignored on other devices.
+        amp: autocast the forward pass to bfloat16 (``torch.autocast``); BatchNorm and the loss stay in float32.
+            Runs ``AutogradStep``. Off by default: results then differ slightly from float32 runs.
+    """
+
+    fused: bool = True
+    cuda_graphs: bool = True
+    amp: bool = False
+
+    def __post_init__(self):
+        for name in ("fused", "cuda_graphs", "amp"):
+            value = getattr(self, name)
+            if not isinstance(value, bool):
+                raise ValueError(f"Engine.{name} must be True or False; got {value!r}.")
 
 
 @dataclass(frozen=True)
@@ -115,16 +162,366 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+# --- data on the device ------------------------------------------------------------------------------------------
+
+
+def to_device(data: Dataset, device: torch.device) -> Dataset:
+    """``data`` on ``device``. Copies to a GPU go through pinned memory and do not block the host."""
+    if device.type != "cuda":
+        return data.to(device)
+
+    def move(t: torch.Tensor) -> torch.Tensor:
+        if t.device.type == "cpu":
+            return t.pin_memory().to(device, non_blocking=True)
+        return t.to(device)
+
+    splits = [Split(move(s.images), move(s.labels)) for s in (data.train, data.val, data.test)]
+    return Dataset(data.name, *splits)
+
+
+def epoch_order(n: int, generator: torch.Generator, device: torch.device) -> torch.Tensor:
+    """One epoch's random order of ``n`` examples, drawn on the CPU from ``generator`` and sent to ``device``.
+
+    The same order ``bnlab.data.BatchLoader`` draws: batch ``i`` is ``order[i * batch_size : (i + 1) * batch_size]``.
+    """
+    order = torch.randperm(n, generator=generator)
+    if device.type == "cuda":
+        return order.pin_memory().to(device, non_blocking=True)
+    return order.to(device)
+
+
+# --- evaluation --------------------------------------------------------------------------------------------------
+
+
 @torch.inference_mode()
-def accuracy(model: nn.Module, split: Split, *, batch_size: int = 1_000) -> float:
-    """Accuracy in percent of ``model`` on ``split``, in eval mode. The model's previous mode is restored."""
+def count_correct(model: nn.Module, split: Split, *, batch_size: int = 1_000) -> torch.Tensor:
+    """How many examples of ``split`` ``model`` classifies correctly in eval mode, as a tensor on the split's
+    device (reading it is the caller's one synchronisation). Batches are contiguous slices: nothing is copied.
+    The model's previous mode is restored."""
+    if not (isinstance(batch_size, int) and batch_size > 0):
+        raise ValueError(f"batch_size must be a positive integer; got {batch_size!r}.")
     was_training = model.training
     model.eval()
     correct = torch.zeros((), dtype=torch.long, device=split.images.device)
-    for xb, yb in BatchLoader(split, batch_size, shuffle=False, drop_last=False):
-        correct += (model(xb).argmax(dim=1) == yb).sum()
+    for start in range(0, len(split), batch_size):
+        end = start + batch_size
+        correct += (model(split.images[start:end]).argmax(dim=1) == split.labels[start:end]).sum()
     model.train(was_training)
-    return 100.0 * correct.item() / len(split)
+    return correct
+
+
+def accuracy(model: nn.Module, split: Split, *, batch_size: int = 1_000) -> float:
+    """Accuracy in percent of ``model`` on ``split``, in eval mode. The model's previous mode is restored."""
+    return 100.0 * count_correct(model, split, batch_size=batch_size).item() / len(split)
+
+
+# --- one training step -------------------------------------------------------------------------------------------
+
+
+class AutogradStep:
+    """One SGD step the standard way: forward, ``F.cross_entropy``, ``backward()``, ``optimizer.step()``.
+
+    Works for any model. With ``amp`` the forward pass runs under ``torch.autocast`` in bfloat16.
+    """
+
+    def __init__(self, model: nn.Module, *, lr: float, amp: bool = False):
+        self.model = model
+        self.optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+        self.amp = amp
+
+    def __call__(self, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+        """Train on one batch; return its loss (a detached 0-d tensor on the device)."""
+        device_type = xb.device.type
+        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=self.amp, cache_enabled=False):
+            loss = F.cross_entropy(self.model(xb), yb)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return loss.detach()
+
+
+FUSED_LAYERS = (nn.Flatten, nn.Linear, nn.BatchNorm1d, nn.ReLU, nn.Dropout, nn.Identity)
+
+
+def fused_unsupported_reason(model: nn.Module) -> str | None:
+    """Why ``FusedMLPStep`` cannot train ``model`` (``None`` if it can).
+
+    It can when ``model`` is an ``nn.Sequential`` of ``Flatten(1, -1)`` first, then ``Linear``, ``BatchNorm1d``,
+    ``ReLU``, ``Dropout`` and ``Identity`` layers (exactly these classes), in float32, with every parameter
+    trainable, and no hook or replaced ``forward`` anywhere (their behaviour could not be reproduced).
+    """
+    if type(model) is not nn.Sequential:
+        return f"the model is a {type(model).__name__}, not an nn.Sequential"
+    layers = list(model)
+    if not layers or type(layers[0]) is not nn.Flatten or (layers[0].start_dim, layers[0].end_dim) != (1, -1):
+        return "the first layer is not nn.Flatten()"
+    for i, layer in enumerate(layers):
+        if type(layer) not in FUSED_LAYERS or (i > 0 and type(layer) is nn.Flatten):
+            return f"layer {i} ({type(layer).__name__}) is not one of Linear, BatchNorm1d, ReLU, Dropout, Identity"
+        if "forward" in layer.__dict__:
+            return f"layer {i} ({type(layer).__name__}) has a replaced forward"
+        if layer._forward_hooks or layer._forward_pre_hooks or layer._backward_hooks or layer._backward_pre_hooks:
+            return f"layer {i} ({type(layer).__name__}) has a hook"
+        if type(layer) is nn.Dropout and layer.p >= 1:
+            return f"layer {i} is a Dropout with p={layer.p}"
+    if model._forward_hooks or model._forward_pre_hooks or model._backward_hooks or model._backward_pre_hooks:
+        return "the model has a hook"
+    if nn.modules.module._global_forward_hooks or nn.modules.module._global_forward_pre_hooks:
+        return "a global module hook is registered"
+    for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+        if tensor.is_floating_point() and tensor.dtype != torch.float32:
+            return f"{name} is {tensor.dtype}, not float32"
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            return f"{name} does not require grad"
+    return None
+
+
+class FusedMLPStep:
+    """One SGD step for an MLP, without autograd: the same kernels autograd runs, called directly.
+
+    Forward, per layer (``x`` the layer's input, ``g`` the gradient flowing back into its output)::
+
+        Linear      y = x @ W^T (+ b)            dW = g^T @ x    db = sum_rows(g)    dx = g @ W
+        BatchNorm1d y = gamma * (x - mean_B) / sqrt(var_B + eps) + beta   (ATen's native_batch_norm{,_backward})
+        ReLU        y = max(x, 0)                dx = g * (y > 0)
+        Dropout     y = x * m / (1 - p)          dx = g * m / (1 - p)     (m ~ Bernoulli(1 - p))
+        loss        L = mean_i -log softmax(z_i)[y_i]                     (ATen's log_softmax and nll_loss)
+
+    then ``param -= lr * grad`` for every parameter, as ``torch.optim.SGD`` does. Each layer follows its own
+    ``training`` flag (a BatchNorm layer frozen in eval mode normalises with its running statistics), and
+    BatchNorm updates its running statistics and ``num_batches_tracked`` exactly as ``nn.BatchNorm1d`` does.
+    Build it with ``FusedMLPStep.for_model`` (``None`` when the model is not supported).
+    """
+
+    def __init__(self, model: nn.Sequential, *, lr: float):
+        reason = fused_unsupported_reason(model)
+        if reason is not None:
+            raise ValueError(f"FusedMLPStep cannot train this model: {reason}.")
+        self.lr = lr
+        self.layers = list(model)
+        self.params = list(model.parameters())
+        # Layer i needs the gradient of its input only if an earlier layer has parameters.
+        self.needs_input_grad = [any(True for m in self.layers[:i] for _ in m.parameters()) for i in range(len(self.layers))]
+        self.batches_tracked = {  # host-side counts for BatchNorm(momentum=None): its factor is 1 / count
+            i: int(m.num_batches_tracked)
+            for i, m in enumerate(self.layers)
+            if type(m) is nn.BatchNorm1d and m.momentum is None and m.num_batches_tracked is not None
+        }
+        self.last_grads: list[torch.Tensor] | None = None
+        self._one = None
+
+    @classmethod
+    def for_model(cls, model: nn.Module, *, lr: float) -> "FusedMLPStep | None":
+        return cls(model, lr=lr) if fused_unsupported_reason(model) is None else None
+
+    @property
+    def graph_safe(self) -> bool:
+        """Whether the step may be captured as a CUDA graph: not with BatchNorm(momentum=None), whose averaging
+        factor changes every step."""
+        return not self.batches_tracked
+
+    @torch.no_grad()
+    def __call__(self, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+        """Train on one batch; return its loss (a 0-d tensor on the device)."""
+        saved = []
+        h = xb
+        for i, m in enumerate(self.layers):
+            kind = type(m)
+            if kind is nn.Linear:
+                saved.append(h)
+                h = torch.mm(h, m.weight.t()) if m.bias is None else torch.addmm(m.bias, h, m.weight.t())
+            elif kind is nn.BatchNorm1d:
+                h, ctx = self._batchnorm(i, m, h)
+                saved.append(ctx)
+            elif kind is nn.ReLU:
+                h = torch.relu(h)
+                saved.append(h)
+            elif kind is nn.Dropout:
+                h, mask = self._dropout(m, h)
+                saved.append(mask)
+            elif kind is nn.Flatten:
+                h = h.flatten(1)
+                saved.append(None)
+            else:  # nn.Identity
+                saved.append(None)
+
+        log_p = torch._log_softmax(h, 1, False)
+        loss, total_weight = aten.nll_loss_forward(log_p, yb, None, NLL_MEAN, IGNORE_INDEX)
+        if self._one is None or self._one.device != loss.device:
+            self._one = torch.ones((), dtype=loss.dtype, device=loss.device)
+        g = aten.nll_loss_backward(self._one, log_p, yb, None, NLL_MEAN, IGNORE_INDEX, total_weight)
+        g = aten._log_softmax_backward_data(g, log_p, 1, h.dtype)
+
+        grads: dict[nn.Parameter, torch.Tensor] = {}
+        for i in range(len(self.layers) - 1, -1, -1):
+            m, ctx, kind = self.layers[i], saved[i], type(self.layers[i])
+            needs_input_grad = self.needs_input_grad[i]
+            if kind is nn.Linear:
+                grads[m.weight] = torch.mm(g.t(), ctx)
+                if m.bias is not None:
+                    grads[m.bias] = g.sum(0)
+                g = torch.mm(g, m.weight) if needs_input_grad else None
+            elif kind is nn.BatchNorm1d:
+                g = self._batchnorm_backward(m, g, ctx, grads, needs_input_grad)
+            elif kind is nn.ReLU:
+                g = aten.threshold_backward(g, ctx, 0)
+            elif kind is nn.Dropout:
+                g = g if ctx is None else self._dropout_backward(m, g, ctx)
+            if g is None:
+                break
+        self.last_grads = [grads[p] for p in self.params]
+        torch._foreach_add_(self.params, self.last_grads, alpha=-self.lr)
+        return loss
+
+    def _batchnorm(self, i: int, m: nn.BatchNorm1d, x: torch.Tensor):
+        """``nn.BatchNorm1d.forward``, step by step."""
+        factor = 0.0 if m.momentum is None else m.momentum
+        if m.training and m.track_running_stats and m.num_batches_tracked is not None:
+            m.num_batches_tracked.add_(1)
+            if m.momentum is None:
+                self.batches_tracked[i] += 1
+                factor = 1.0 / self.batches_tracked[i]
+        use_batch_stats = m.training or (m.running_mean is None and m.running_var is None)
+        keep_buffers = not m.training or m.track_running_stats
+        running_mean = m.running_mean if keep_buffers else None
+        running_var = m.running_var if keep_buffers else None
+        if use_batch_stats and x.shape[0] == 1:
+            raise ValueError(f"Expected more than 1 value per channel when training, got input size {tuple(x.shape)}")
+        y, save_mean, save_invstd = torch.native_batch_norm(
+            x, m.weight, m.bias, running_mean, running_var, use_batch_stats, factor, m.eps
+        )
+        return y, (x, running_mean, running_var, save_mean, save_invstd, use_batch_stats)
+
+    def _batchnorm_backward(self, m, g, ctx, grads, needs_input_grad):
+        x, running_mean, running_var, save_mean, save_invstd, use_batch_stats = ctx
+        mask = [needs_input_grad, m.weight is not None, m.bias is not None]
+        gx, gw, gb = aten.native_batch_norm_backward(
+            g, x, m.weight, running_mean, running_var, save_mean, save_invstd, use_batch_stats, m.eps, mask
+        )
+        if m.weight is not None:
+            grads[m.weight] = gw
+        if m.bias is not None:
+            grads[m.bias] = gb
+        return gx
+
+    @staticmethod
+    def _dropout(m: nn.Dropout, x: torch.Tensor):
+        """``F.dropout`` as ATen runs it: a fused kernel on CUDA, a Bernoulli noise tensor elsewhere."""
+        if not m.training or m.p == 0:
+            return x, None
+        if x.is_cuda:
+            return torch.native_dropout(x, m.p, True)
+        noise = torch.empty_like(x).bernoulli_(1 - m.p)
+        noise.div_(1 - m.p)
+        return x * noise, noise
+
+    @staticmethod
+    def _dropout_backward(m: nn.Dropout, g: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        if mask.dtype == torch.bool:
+            return aten.native_dropout_backward(g, mask, 1.0 / (1.0 - m.p))
+        return g * mask
+
+    def write_grads(self) -> None:
+        """Store the last step's gradients in ``param.grad``, where the plain loop leaves them."""
+        if self.last_grads is not None:
+            for p, grad in zip(self.params, self.last_grads):
+                p.grad = grad.clone()
+
+
+def make_step(model: nn.Module, *, lr: float, engine: Engine = Engine()):
+    """The fastest step that trains ``model`` exactly: ``FusedMLPStep`` where possible, else ``AutogradStep``."""
+    if engine.fused and not engine.amp:
+        step = FusedMLPStep.for_model(model, lr=lr)
+        if step is not None:
+            return step
+    return AutogradStep(model, lr=lr, amp=engine.amp)
+
+
+def _mode_flags(model: nn.Module) -> tuple[bool, ...]:
+    return tuple(m.training for m in model.modules())
+
+
+class StepLoop:
+    """Runs one training step per mini-batch of a split that lives on the device.
+
+    The batch's row indices go into one static index tensor, and the step gathers its images and labels from
+    there, so the very same step can be captured as a CUDA graph (when ``graphs`` is true and the device is CUDA)
+    and replayed for every batch. Elsewhere the step runs eagerly. Losses are summed on the device.
+    """
+
+    def __init__(self, model: nn.Module, step, split: Split, batch_size: int, *, graphs: bool = False):
+        if not (isinstance(batch_size, int) and 0 < batch_size <= len(split)):
+            raise ValueError(f"batch_size must be a positive integer at most the split size {len(split)}; got {batch_size!r}.")
+        self.model = model
+        self.step = step
+        self.split = split
+        self.batch_size = batch_size
+        self.device = split.images.device
+        self.index = torch.arange(batch_size, device=self.device)
+        self.loss_sum = torch.zeros((), device=self.device)
+        self.graphs = graphs and self.device.type == "cuda" and getattr(step, "graph_safe", True) and not _has_cumulative_batchnorm(model)
+        self.graph = None
+        self.graph_modes: tuple[bool, ...] | None = None
+
+    def __len__(self) -> int:
+        return len(self.split) // self.batch_size
+
+    def body(self) -> None:
+        """One step on the batch whose rows ``self.index`` holds."""
+        xb = self.split.images.index_select(0, self.index)
+        yb = self.split.labels.index_select(0, self.index)
+        self.loss_sum += self.step(xb, yb)
+
+    def epoch(self, order: torch.Tensor) -> torch.Tensor:
+        """One pass over the batches ``order`` defines (``drop_last``); returns the sum of the batch losses, as a
+        device tensor (divide by ``len(loop)`` for the mean)."""
+        if self.graphs and self.graph_modes != _mode_flags(self.model):
+            self.capture()
+        self.loss_sum.zero_()
+        b = self.batch_size
+        for i in range(len(self)):
+            self.index.copy_(order[i * b : (i + 1) * b], non_blocking=True)
+            if self.graph is not None:
+                self.graph.replay()
+            else:
+                self.body()
+        if isinstance(self.step, FusedMLPStep):
+            self.step.write_grads()
+        return self.loss_sum.clone()
+
+    def capture(self) -> None:
+        """Capture ``body`` as a CUDA graph. The warm-up steps it needs are undone: parameters and buffers are
+        restored afterwards. If capture fails, the loop warns and runs eagerly."""
+        snapshot = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        self.graph = None
+        try:
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                for _ in range(3):
+                    self.body()
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                self.body()
+            self.graph = graph
+        except RuntimeError as err:  # pragma: no cover - depends on the GPU and driver
+            warnings.warn(f"CUDA graph capture failed ({str(err).splitlines()[0]}); training without graphs.")
+            self.graphs = False
+        with torch.no_grad():
+            for k, v in self.model.state_dict().items():
+                v.copy_(snapshot[k])
+        self.loss_sum.zero_()
+        self.graph_modes = _mode_flags(self.model)
+
+
+def _has_cumulative_batchnorm(model: nn.Module) -> bool:
+    """BatchNorm with ``momentum=None`` reads its step count on the host every step: it cannot be graph-captured."""
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.momentum is None for m in model.modules())
+
+
+# --- a whole run ------------------------------------------------------------------------------------------------
 
 
 def train(
@@ -134,33 +531,38 @@ def train(
     *,
     device: str | torch.device | None = None,
     progress: bool = True,
+    engine: Engine = Engine(),
 ) -> History:
     """Train ``model`` on ``data.train`` with SGD; evaluate on train and validation after every epoch, on test
-    at the end. Batch order and dropout are seeded from ``config.seed``. The model is left in train mode."""
+    at the end. Batch order and dropout are seeded from ``config.seed``. The model is left in train mode.
+    ``engine`` says how the step runs (see ``Engine``); the default is the fastest exact one."""
+    if not isinstance(engine, Engine):
+        raise ValueError(f"engine must be a bnlab.training.Engine; got {type(engine).__name__}.")
     device = pick_device(device)
     model.to(device)
-    data = data.to(device)
+    data = to_device(data, device)
+    if config.batch_size > len(data.train):
+        raise ValueError(f"batch_size {config.batch_size} is larger than the training split ({len(data.train)} examples).")
+    model.train()
+    loop = StepLoop(model, make_step(model, lr=config.lr, engine=engine), data.train, config.batch_size, graphs=engine.cuda_graphs)
     torch.manual_seed(config.seed)  # dropout masks
-    batches = BatchLoader(data.train, config.batch_size, shuffle=True, drop_last=True, seed=config.seed)
-    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr)
+    order_generator = torch.Generator().manual_seed(config.seed)  # batch order, as BatchLoader(seed=config.seed)
     history = History(dataset=data.name, device=describe_device(device))
 
     bar = tqdm(range(1, config.epochs + 1), desc=f"training on {history.device}", disable=not progress, leave=False)
     for epoch in bar:
         start = time.perf_counter()
         model.train()
-        loss_sum = torch.zeros((), device=device)
-        for xb, yb in batches:
-            loss = F.cross_entropy(model(xb), yb)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            loss_sum += loss.detach()
+        loss_sum = loop.epoch(epoch_order(len(data.train), order_generator, device))
+        correct_train = count_correct(model, data.train, batch_size=config.eval_batch_size)
+        correct_val = count_correct(model, data.val, batch_size=config.eval_batch_size)
+        # One host synchronisation per epoch. float32 -> float64 is exact, so these equal three .item() calls.
+        loss_sum, correct_train, correct_val = torch.stack([loss_sum.double(), correct_train.double(), correct_val.double()]).tolist()
         stats = EpochStats(
             epoch=epoch,
-            loss=loss_sum.item() / len(batches),
-            train_acc=accuracy(model, data.train, batch_size=config.eval_batch_size),
-            val_acc=accuracy(model, data.val, batch_size=config.eval_batch_size),
+            loss=loss_sum / len(loop),
+            train_acc=100.0 * correct_train / len(data.train),
+            val_acc=100.0 * correct_val / len(data.val),
             seconds=time.perf_counter() - start,
         )
         history.epochs.append(stats)
@@ -176,9 +578,10 @@ def train_mlp(
     *,
     device: str | torch.device | None = None,
     progress: bool = True,
+    engine: Engine = Engine(),
 ) -> tuple[nn.Module, History]:
     """Seed, build the MLP that ``model_config`` describes, train it; return the model and its history."""
     seed_everything(config.seed)
     model = build_mlp(model_config)
-    history = train(model, data, config, device=device, progress=progress)
+    history = train(model, data, config, device=device, progress=progress, engine=engine)
     return model, history

@@ -1,0 +1,434 @@
+"""How fast bnlab trains, against the standard pipeline, on this machine: ``python -m bnlab.bench``.
+
+One run measures, on the same machine and the same number of threads:
+
+* **samples/s** of the whole training step (data loading, forward, backward, SGD update) for the lecture's
+  784-75-45-10 MLP at batch 256, three ways: the standard pipeline (torchvision's ``MNIST`` with ``ToTensor()``
+  through a ``DataLoader``, the lecture's code), bnlab's loop with the plain autograd step, and bnlab's loop with
+  ``FusedMLPStep``; and the speed-up of bnlab over the standard pipeline;
+* the **matmul peak**: the FLOP/s of a large float32 matrix product on the same threads, and the fraction of it
+  the training loop achieves, counting the FLOPs of its matmuls exactly (``training_flops``);
+* the **lecture's reference run**: 50 epochs of 60,000 images at batch 256 (``drop_last``: 234 steps an epoch),
+  through ``bnlab.training.train``, with and without its per-epoch evaluation, and its FLOP floor (its FLOPs
+  divided by the measured matmul peak). Timing does not depend on pixel values, so it trains on random
+  MNIST-shaped data.
+
+``--quick`` runs every measurement on tiny sizes, in seconds (a smoke test, not a measurement).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import sys
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision import transforms
+from torchvision.datasets import MNIST
+from torchvision.datasets.vision import VisionDataset
+
+from .data import DATA_ENV, Dataset, Split, data_root, read_subset_marker, to_float
+from .models import build_mlp
+from .training import AutogradStep, Engine, StepLoop, TrainConfig, epoch_order, make_step, pick_device, to_device, train
+
+LECTURE_SIZES = (784, 75, 45, 10)
+RANDOM_DATA = "random MNIST-shaped data"
+
+
+# --- counting FLOPs ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Flops:
+    """Floating-point operations of the matmuls in one training step, per training sample."""
+
+    forward: int
+    backward: int
+
+    @property
+    def total(self) -> int:
+        return self.forward + self.backward
+
+
+def training_flops(sizes: tuple[int, ...] = LECTURE_SIZES) -> Flops:
+    """FLOPs per training sample of the matmuls of an MLP with layer widths ``sizes`` (input first).
+
+    A Linear layer ``(n_in, n_out)`` costs ``2 * n_in * n_out`` (a multiply and an add per weight) forward, and
+    ``4 * n_in * n_out`` backward: ``2 * n_in * n_out`` for the weight gradient ``g^T x`` and as much for the
+    input gradient ``g W``. The first layer's input is the data, which needs no gradient: its backward costs
+    ``2 * n_in * n_out``. Bias, BatchNorm, ReLU, loss and update are elementwise, O(width), and not counted.
+    """
+    sizes = tuple(sizes)
+    if len(sizes) < 2 or not all(isinstance(n, int) and n > 0 for n in sizes):
+        raise ValueError(f"sizes must be two or more positive integers (input, hidden..., output); got {sizes!r}.")
+    layers = list(zip(sizes[:-1], sizes[1:]))
+    forward = sum(2 * n_in * n_out for n_in, n_out in layers)
+    backward = sum((2 if i == 0 else 4) * n_in * n_out for i, (n_in, n_out) in enumerate(layers))
+    return Flops(forward, backward)
+
+
+def linear_sizes(model: nn.Module) -> tuple[int, ...]:
+    """The widths ``(input, hidden..., output)`` of the chain of Linear layers in ``model``, in order."""
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise ValueError("model has no Linear layer.")
+    for a, b in zip(linears[:-1], linears[1:]):
+        if a.out_features != b.in_features:
+            raise ValueError(f"the Linear layers do not form a chain: {a.out_features} outputs feed {b.in_features} inputs.")
+    return (linears[0].in_features, *(m.out_features for m in linears))
+
+
+# --- timing -----------------------------------------------------------------------------------------------------
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_peak(*, n: int = 2048, repeats: int = 5, device: str | torch.device = "cpu") -> float:
+    """The measured float32 matmul rate in FLOP/s: the best of ``repeats`` timings of one ``(n, n) @ (n, n)``
+    product (``2 n^3`` FLOPs), after a warm-up, on the current threads."""
+    if not (isinstance(n, int) and n > 0 and isinstance(repeats, int) and repeats > 0):
+        raise ValueError(f"n and repeats must be positive integers; got n={n!r}, repeats={repeats!r}.")
+    device = torch.device(device)
+    generator = torch.Generator().manual_seed(0)
+    a = torch.randn(n, n, generator=generator).to(device)
+    b = torch.randn(n, n, generator=generator).to(device)
+    a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        synchronize(device)
+        start = time.perf_counter()
+        a @ b
+        synchronize(device)
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best
+
+
+def random_mnist(n_train: int, *, n_val: int = 0, n_test: int = 0, seed: int = 0) -> Dataset:
+    """Random MNIST-shaped data: uint8 pixels scaled to [0, 1] as ``ToTensor()`` does, random labels 0-9."""
+    generator = torch.Generator().manual_seed(seed)
+
+    def split(n: int) -> Split:
+        images = torch.randint(0, 256, (n, 28, 28), dtype=torch.uint8, generator=generator)
+        return Split(to_float(images), torch.randint(0, 10, (n,), generator=generator))
+
+    return Dataset(RANDOM_DATA, split(n_train), split(n_val), split(n_test))
+
+
+def standard_dataset(root=None, *, size: int = 60_000):
+    """The standard pipeline's data set and its description: torchvision's ``MNIST(train=True,
+    transform=ToTensor())`` over ``root`` (``$BNLAB_DATA``) when it holds MNIST, else the same class's
+    ``__getitem__`` (uint8 array -> PIL image -> ``ToTensor()``) over ``size`` random images held in memory."""
+    root = data_root(root)
+    if (root / "MNIST" / "raw").is_dir():
+        dataset = MNIST(str(root), train=True, download=False, transform=transforms.ToTensor())
+        marker = read_subset_marker(root)
+        name = marker["name"] if marker else "MNIST"
+        return dataset, f"torchvision MNIST over the {name} ({len(dataset):,} training images)"
+    return InMemoryMNIST(random_mnist(size), transform=transforms.ToTensor()), (
+        f"torchvision MNIST's __getitem__ over {size:,} random in-memory images (no MNIST files found)"
+    )
+
+
+class InMemoryMNIST(MNIST):
+    """torchvision's ``MNIST``, its per-sample ``__getitem__`` and all, over ``data.train`` held in memory."""
+
+    def __init__(self, data: Dataset, transform=None):
+        VisionDataset.__init__(self, "", transform=transform)
+        self.train = True
+        self.data = (data.train.images.squeeze(1) * 255).round().to(torch.uint8)
+        self.targets = data.train.labels
+
+
+@dataclass(frozen=True)
+class Rate:
+    """``samples`` training samples in ``seconds``."""
+
+    samples: int
+    seconds: float
+
+    @property
+    def per_second(self) -> float:
+        return self.samples / self.seconds
+
+
+def standard_rate(dataset, *, batch_size: int = 256, steps: int = 100, warmup: int = 10, device="cpu") -> Rate:
+    """Samples/s of the standard pipeline: ``DataLoader(dataset, batch_size, shuffle=True, drop_last=True)``
+    (no worker processes, its default) feeding the plain loop: forward, ``F.cross_entropy``,
+    ``zero_grad``, ``backward``, ``SGD.step`` on the lecture's MLP. ``steps`` are timed after ``warmup``."""
+    device = torch.device(device)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True, drop_last=True)
+    torch.manual_seed(0)
+    model = build_mlp().to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    model.train()
+
+    def batches():
+        while True:
+            yield from loader
+
+    stream = batches()
+    start = 0.0
+    for i in range(warmup + steps):
+        if i == warmup:
+            synchronize(device)
+            start = time.perf_counter()
+        xb, yb = next(stream)
+        xb, yb = xb.to(device), yb.to(device)
+        loss = F.cross_entropy(model(xb), yb)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    synchronize(device)
+    return Rate(steps * batch_size, time.perf_counter() - start)
+
+
+def bnlab_rate(
+    data: Dataset, *, batch_size: int = 256, epochs: int = 3, device="cpu", engine: Engine = Engine()
+) -> Rate:
+    """Samples/s of bnlab's training loop (``StepLoop`` with the step ``make_step`` picks for ``engine``) on the
+    lecture's MLP, over ``epochs`` timed epochs of ``data.train`` after one warm-up epoch."""
+    device = torch.device(device)
+    torch.manual_seed(0)
+    model = build_mlp().to(device)
+    model.train()
+    split = to_device(data, device).train
+    loop = StepLoop(model, make_step(model, lr=0.1, engine=engine), split, batch_size, graphs=engine.cuda_graphs)
+    generator = torch.Generator().manual_seed(0)
+    loop.epoch(epoch_order(len(split), generator, device))
+    synchronize(device)
+    start = time.perf_counter()
+    for _ in range(epochs):
+        loss = loop.epoch(epoch_order(len(split), generator, device))
+    loss.item()
+    return Rate(epochs * len(loop) * batch_size, time.perf_counter() - start)
+
+
+@dataclass(frozen=True)
+class ReferenceRun:
+    """The lecture's reference run, timed: ``train_seconds`` for the training steps alone, ``total_seconds``
+    for ``bnlab.training.train`` with its per-epoch evaluation (train and validation accuracy)."""
+
+    epochs: int
+    images: int
+    val_images: int
+    batch_size: int
+    train_seconds: float
+    total_seconds: float
+
+    @property
+    def steps(self) -> int:
+        return self.epochs * (self.images // self.batch_size)
+
+    @property
+    def samples(self) -> int:
+        return self.steps * self.batch_size
+
+
+def reference_run(
+    *, epochs: int = 50, images: int = 60_000, val_images: int = 6_000, batch_size: int = 256, device="cpu",
+    engine: Engine = Engine(),
+) -> ReferenceRun:
+    """Time the reference run twice on random MNIST-shaped data: the training steps alone (``StepLoop``, one
+    permutation per epoch, as ``train`` runs them), and all of ``train`` (which also evaluates train and
+    validation accuracy after every epoch; the final test evaluation is not counted)."""
+    device = torch.device(device)
+    data = to_device(random_mnist(images, n_val=val_images, n_test=batch_size), device)
+
+    torch.manual_seed(0)
+    model = build_mlp().to(device)
+    model.train()
+    loop = StepLoop(model, make_step(model, lr=0.1, engine=engine), data.train, batch_size, graphs=engine.cuda_graphs)
+    generator = torch.Generator().manual_seed(0)
+    synchronize(device)
+    start = time.perf_counter()
+    for _ in range(epochs):
+        loss = loop.epoch(epoch_order(images, generator, device))
+    loss.item()
+    train_seconds = time.perf_counter() - start
+
+    torch.manual_seed(0)
+    config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=0.1, seed=0)  # default eval_batch_size
+    history = train(build_mlp(), data, config, device=device, progress=False, engine=engine)
+    return ReferenceRun(epochs, images, val_images, batch_size, train_seconds, history.seconds)
+
+
+# --- the table ---------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """How big each measurement is. ``Sizes()`` is the real benchmark; ``Sizes.quick()`` a smoke test."""
+
+    peak_n: int = 2048
+    standard_steps: int = 100
+    standard_warmup: int = 10
+    rate_images: int = 60_000
+    rate_epochs: int = 3
+    epochs: int = 50
+    images: int = 60_000
+    val_images: int = 6_000
+    batch_size: int = 256
+
+    @classmethod
+    def quick(cls) -> "Sizes":
+        return cls(peak_n=256, standard_steps=4, standard_warmup=1, rate_images=1_024, rate_epochs=1,
+                   epochs=2, images=1_024, val_images=256)
+
+
+@dataclass(frozen=True)
+class Row:
+    what: str
+    value: str
+    note: str = ""
+
+
+ROW_NAMES = (
+    "matmul peak",
+    "FLOPs per training sample",
+    "standard pipeline",
+    "bnlab, autograd step",
+    "bnlab, fused step",
+    "speed-up over the standard pipeline",
+    "training-loop FLOP/s",
+    "reference run, training steps",
+    "reference run, with per-epoch evaluation",
+    "reference run, FLOP floor",
+    "reference run / FLOP floor",
+    "standard pipeline, reference run",
+)
+
+
+def run_benchmark(
+    *, sizes: Sizes = Sizes(), device="cpu", engine: Engine = Engine(), data_root_path=None, log=None
+) -> list[Row]:
+    """Every measurement, as table rows in the order of ``ROW_NAMES``. ``log`` (e.g. ``print``) hears progress."""
+    device = pick_device(device)
+    say = log or (lambda message: None)
+    flops = training_flops(LECTURE_SIZES)
+    batch = sizes.batch_size
+    rows = []
+
+    say("timing the matmul peak ...")
+    peak = matmul_peak(n=sizes.peak_n, device=device)
+    rows.append(Row(ROW_NAMES[0], f"{peak / 1e9:,.1f} GFLOP/s", f"float32 ({sizes.peak_n}x{sizes.peak_n}) @ ({sizes.peak_n}x{sizes.peak_n}), best of 5"))
+    rows.append(Row(ROW_NAMES[1], f"{flops.total:,}", f"784-75-45-10 matmuls: forward {flops.forward:,} + backward {flops.backward:,}"))
+
+    say("timing the standard DataLoader pipeline ...")
+    dataset, description = standard_dataset(data_root_path, size=max(sizes.rate_images, batch))
+    standard = standard_rate(dataset, batch_size=batch, steps=sizes.standard_steps, warmup=sizes.standard_warmup, device=device)
+    rows.append(Row(ROW_NAMES[2], f"{standard.per_second:,.0f} samples/s",
+                    f"DataLoader(batch {batch}, shuffle, 0 workers) + ToTensor(), autograd step; {description}"))
+
+    say("timing bnlab's loop ...")
+    data = random_mnist(sizes.rate_images)
+    autograd = bnlab_rate(data, batch_size=batch, epochs=sizes.rate_epochs, device=device,
+                          engine=Engine(fused=False, cuda_graphs=engine.cuda_graphs, amp=engine.amp))
+    fused = bnlab_rate(data, batch_size=batch, epochs=sizes.rate_epochs, device=device, engine=engine)
+    step_name = "AutogradStep under bfloat16 autocast" if engine.amp else "FusedMLPStep"
+    graphs = ", CUDA graph" if engine.cuda_graphs and device.type == "cuda" else ""
+    rows.append(Row(ROW_NAMES[3], f"{autograd.per_second:,.0f} samples/s", f"data on the device, batches by index, AutogradStep{graphs}"))
+    rows.append(Row(ROW_NAMES[4], f"{fused.per_second:,.0f} samples/s", f"data on the device, batches by index, {step_name}{graphs}"))
+    rows.append(Row(ROW_NAMES[5], f"{fused.per_second / standard.per_second:,.1f}x", "bnlab, fused step / standard pipeline"))
+    achieved = fused.per_second * flops.total
+    rows.append(Row(ROW_NAMES[6], f"{achieved / 1e9:,.1f} GFLOP/s", f"{achieved / peak:.0%} of the matmul peak (bnlab, fused step)"))
+
+    say(f"timing the reference run ({sizes.epochs} epochs x {sizes.images:,} images), twice ...")
+    ref = reference_run(epochs=sizes.epochs, images=sizes.images, val_images=sizes.val_images, batch_size=batch,
+                        device=device, engine=engine)
+    floor = ref.samples * flops.total / peak
+    shape = f"{ref.epochs} epochs x {ref.images // batch} steps x batch {batch}"
+    rows.append(Row(ROW_NAMES[7], f"{ref.train_seconds:,.2f} s", f"{shape}; {RANDOM_DATA}"))
+    rows.append(Row(ROW_NAMES[8], f"{ref.total_seconds:,.2f} s",
+                    f"bnlab.training.train: + train accuracy on {ref.images:,} and validation accuracy on {ref.val_images:,} images every epoch"))
+    rows.append(Row(ROW_NAMES[9], f"{floor:,.2f} s", f"{ref.samples * flops.total / 1e9:,.0f} GFLOP / matmul peak"))
+    rows.append(Row(ROW_NAMES[10], f"{ref.train_seconds / floor:,.2f}x", "training steps / FLOP floor"))
+    rows.append(Row(ROW_NAMES[11], f"{ref.samples / standard.per_second:,.1f} s", "extrapolated from the standard pipeline's samples/s"))
+    return rows
+
+
+def environment(device: torch.device) -> dict[str, str]:
+    import torchvision
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {
+        "date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
+        "device": f"cuda ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else f"cpu ({cpu}, {os.cpu_count()} cores)",
+        "threads": str(torch.get_num_threads()),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+    }
+
+
+def format_table(rows: list[Row], env: dict[str, str] | None = None, command: str | None = None) -> str:
+    """The rows as a Markdown table, headed by the environment and the command."""
+    lines = []
+    if command:
+        lines.append(f"command: `{command}`")
+    if env:
+        lines.append(" | ".join(f"{k}: {v}" for k, v in env.items()))
+    if lines:
+        lines.append("")
+    width = [max(len(r.what) for r in rows), max(len(r.value) for r in rows)]
+    lines.append(f"| {'measurement'.ljust(width[0])} | {'value'.rjust(width[1])} | how |")
+    lines.append(f"| {'-' * width[0]} | {'-' * (width[1] - 1)}: | --- |")
+    lines += [f"| {r.what.ljust(width[0])} | {r.value.rjust(width[1])} | {r.note} |" for r in rows]
+    return "\n".join(lines)
+
+
+def parser() -> argparse.ArgumentParser:
+    cli = argparse.ArgumentParser(
+        prog="python -m bnlab.bench",
+        description="Benchmark bnlab's training loop against the standard DataLoader + ToTensor pipeline, on this "
+        "machine: samples/s, FLOP/s against the measured matmul peak, and the lecture's 50-epoch reference run.",
+    )
+    cli.add_argument("--device", default=None, help="cpu or cuda (default: the best available)")
+    cli.add_argument("--threads", type=int, default=None, help="CPU threads for PyTorch (default: PyTorch's choice)")
+    cli.add_argument("--data", default=None, help=f"MNIST folder for the standard pipeline (default: ${DATA_ENV}, else ./data)")
+    cli.add_argument("--amp", action="store_true", help="bnlab's loop under bfloat16 autocast")
+    cli.add_argument("--no-cuda-graphs", action="store_true", help="bnlab's loop without CUDA graphs")
+    cli.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test in seconds, not a measurement")
+    return cli
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        if args.threads is not None:
+            if args.threads <= 0:
+                raise ValueError(f"--threads must be a positive integer; got {args.threads}.")
+            torch.set_num_threads(args.threads)
+        device = pick_device(args.device)
+        engine = Engine(cuda_graphs=not args.no_cuda_graphs, amp=args.amp)
+        sizes = Sizes.quick() if args.quick else Sizes()
+        log = lambda message: print(message, file=sys.stderr, flush=True)  # noqa: E731
+        wall, cpu = time.perf_counter(), time.process_time()
+        rows = run_benchmark(sizes=sizes, device=device, engine=engine, data_root_path=args.data, log=log)
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    command = " ".join(["python -m bnlab.bench", *(argv if argv is not None else sys.argv[1:])])
+    env = environment(device)
+    # Busy threads on average; clearly below the thread count on a CPU run means other work shared the cores.
+    env["cpu time / wall time"] = f"{cpu / wall:.2f}"
+    print(format_table(rows, env, command))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
