@@ -1,18 +1,32 @@
 # Two commands do everything:
-#   make book   build the HTML book into _build/html (installs what it needs into .venv first)
-#   make test   run the whole test suite: bnlab's unit tests and every notebook under nbval
+#   make book   build the HTML book into _build/html, in the full run profile (installs what it needs first)
+#   make test   run the whole test suite: build the book in the small ci profile into _build/ci/_build/html, then
+#               pytest over tests/ (bnlab's unit tests, the book in a headless browser, a Colab-like run) and
+#               every notebook in chapters/ under nbval
 #
 # Data: torchvision downloads MNIST into ./data. Where the official MNIST test-set files lie in
 # $(MNIST_T10K) (machines without internet), the offline "MNIST-10k subset" is built from them and used instead.
+#
+# Browser assets: the book serves MathJax and the Jupyter widgets HTML manager itself, so that it renders offline
+# and without third-party CDNs. npm installs the versions pinned in book/package-lock.json; the files the book
+# loads are copied into $(VENDOR), which _config.yml hands to Sphinx as a static folder.
+#
+# The two builds keep separate MyST-NB execution caches (under their output paths), because the cache keys on the
+# notebooks' code, not on BNLAB_PROFILE: ci-profile outputs must never reach the full book.
 
 PYTHON ?= python3
+NPM ?= npm
 VENV ?= .venv
 BIN := $(VENV)/bin
 MNIST_T10K ?= ../shared/data/mnist-t10k
 SUBSET_ROOT := data/mnist-10k
 STAMP := $(VENV)/.installed
+VENDOR := _build/vendor
+CI_BUILD := _build/ci
+TEST_CACHE := _build/test-cache
+JB_BUILD := $(BIN)/jupyter-book build --all -W -n --keep-going
 
-.PHONY: book test install data clean
+.PHONY: book test install vendor data clean
 
 install: $(STAMP)
 
@@ -20,6 +34,17 @@ $(STAMP): requirements.txt code/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -r requirements.txt
+	touch $@
+
+vendor: $(VENDOR)/.installed
+
+$(VENDOR)/.installed: book/package.json book/package-lock.json
+	$(NPM) ci --prefix book --ignore-scripts --no-audit --no-fund
+	rm -rf $(VENDOR)
+	mkdir -p $(VENDOR)/mathjax $(VENDOR)/jupyter-widgets
+	cp -R book/node_modules/mathjax/es5/. book/node_modules/mathjax/LICENSE $(VENDOR)/mathjax/
+	cd book/node_modules/@jupyter-widgets/html-manager/dist && \
+		cp embed.js embed.js.LICENSE.txt *.woff2 *.woff *.ttf *.eot *.svg $(abspath $(VENDOR))/jupyter-widgets/
 	touch $@
 
 ifneq ($(wildcard $(MNIST_T10K)/t10k-images-idx3-ubyte.gz),)
@@ -31,12 +56,16 @@ else
 data:
 endif
 
-book: install data
-	$(BIN)/jupyter-book build --all -W -n --keep-going .
+book: install data vendor
+	BNLAB_PROFILE=full $(JB_BUILD) .
 
-test: install data
-	rm -rf _build/test-cache
-	BNLAB_PROFILE=ci BNLAB_CACHE=$(abspath _build/test-cache) MPLBACKEND=Agg \
+# A failed notebook's traceback is in the build's reports/ folder: print it, so that CI logs show it.
+test: install data vendor
+	rm -rf $(TEST_CACHE) $(CI_BUILD)
+	BNLAB_PROFILE=ci BNLAB_CACHE=$(abspath $(TEST_CACHE)) $(JB_BUILD) --path-output $(CI_BUILD) . || \
+		{ find $(CI_BUILD)/_build/html/reports -name '*.err.log' -exec cat {} + 2>/dev/null; exit 1; }
+	BNLAB_PROFILE=ci BNLAB_CACHE=$(abspath $(TEST_CACHE)) MPLBACKEND=Agg \
+		BNLAB_BOOK_HTML=$(abspath $(CI_BUILD))/_build/html \
 		$(BIN)/python -m pytest tests chapters --nbval-lax
 
 clean:

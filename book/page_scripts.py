@@ -1,0 +1,54 @@
+"""Sphinx extension: the scripts every page of the book loads run once each, and widgets typeset with MathJax 3.
+
+Two fixes, each for a console error the browser test (tests/test_book.py) would otherwise report on every page:
+
+1. Sphinx 7.4 lists a body-only script (``app.add_js_file(None, body=...)``) twice when an extension adds it after
+   the HTML builder has started: once from the registry (filename ``''``) and once directly (filename ``None``).
+   sphinx-thebe's ``const THEBE_JS_URL = ...`` then runs twice, a SyntaxError. Each page keeps the first copy.
+2. The Jupyter widgets HTML manager typesets widget labels with MathJax 2's ``MathJax.Hub.Queue``; the book loads
+   MathJax 3. A few lines of JavaScript route those calls to MathJax 3's ``typesetPromise``.
+"""
+
+from __future__ import annotations
+
+# Runs after the deferred MathJax script, before the widget manager renders (it waits for the window's load event).
+MATHJAX2_ADAPTER = """
+document.addEventListener("DOMContentLoaded", () => {
+  const mathjax = window.MathJax;
+  if (mathjax && mathjax.startup && !mathjax.Hub) {
+    mathjax.Hub = {
+      Queue: (command) => mathjax.startup.promise.then(() => mathjax.typesetPromise([command[2]])),
+    };
+  }
+});
+""".strip()
+
+
+def _script_key(script) -> tuple:
+    """What makes two of Sphinx's script entries the same script, whether its filename is None or ''."""
+    filename = getattr(script, "filename", script) or ""
+    attributes = getattr(script, "attributes", {})
+    return (filename, getattr(script, "priority", None), tuple(sorted((k, str(v)) for k, v in attributes.items())))
+
+
+def drop_duplicate_scripts(app, pagename, templatename, context, doctree) -> None:
+    """``html-page-context``: keep the first of each script in the page's script list (in place: the page uses it)."""
+    scripts = getattr(app.builder, "_js_files", None)
+    if not scripts:
+        return
+    seen: set[tuple] = set()
+    unique = []
+    for script in scripts:
+        key = _script_key(script)
+        if key not in seen:
+            seen.add(key)
+            unique.append(script)
+    scripts[:] = unique
+
+
+def setup(app):
+    # Added here, before the builder exists, so it is listed once.
+    app.add_js_file(None, body=MATHJAX2_ADAPTER)
+    # After MyST-NB's handler (priority 500), which adds the widget scripts to a page.
+    app.connect("html-page-context", drop_duplicate_scripts, priority=900)
+    return {"parallel_read_safe": True, "parallel_write_safe": True}

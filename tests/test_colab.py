@@ -1,0 +1,182 @@
+"""Colab: every notebook's setup cell installs bnlab from the course repository, and a chapter runs in a Colab-like
+environment.
+
+The repository's address is written once, in _config.yml; each notebook's first cell must install bnlab from exactly
+that address, in Colab only, and install nothing else (Colab has torch, torchvision, matplotlib and ipywidgets).
+
+The Colab-like run builds a fresh virtual environment with Colab's kernel and widget stack (ipywidgets 7.7.1, IPython
+7.34, ipykernel 6.17) and reuses this project's torch: a .pth file puts .venv's site-packages on the path after the
+new environment's own, so the new environment's packages win. A kernel in it starts as Colab's does, with
+``google.colab`` imported, so the setup cell runs its ``%pip install``; git rewrites the repository's address to this
+checkout, so pip clones this checkout's committed HEAD. Then the widget chapter runs end to end with nbclient.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import site
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+import nbformat
+import pytest
+import yaml
+from nbclient import NotebookClient
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG = yaml.safe_load((REPO / "_config.yml").read_text())
+REPOSITORY_URL = CONFIG["repository"]["url"]
+NOTEBOOKS = sorted((REPO / "chapters").rglob("*.ipynb"))
+
+# Colab's kernel and widget stack (ipywidgets 7.7.1 with its notebook 6 extension), pinned as Colab pins them.
+COLAB_PACKAGES = [
+    "ipywidgets==7.7.1",
+    "widgetsnbextension==3.6.10",
+    "notebook==6.5.7",
+    "ipykernel==6.17.1",
+    "ipython==7.34.0",
+    "traitlets==5.7.1",
+    "jupyter-client==6.1.12",
+    "setuptools",  # installed --upgrade: Colab's is recent, and torch requires a recent one
+]
+WIDGET_CHAPTER = REPO / "chapters" / "02_placement.ipynb"
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+
+
+def setup_cell(notebook: Path) -> nbformat.NotebookNode:
+    return nbformat.read(notebook, as_version=4).cells[0]
+
+
+# --- every notebook's setup cell ------------------------------------------------------------------------------------
+
+
+def test_there_are_notebooks_to_check():
+    assert len(NOTEBOOKS) >= 10, [str(n.relative_to(REPO)) for n in NOTEBOOKS]
+
+
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda n: str(n.relative_to(REPO)))
+def test_setup_cell_installs_bnlab_from_the_configured_repository_in_colab_only(notebook):
+    cell = setup_cell(notebook)
+    assert cell.cell_type == "code" and "remove-cell" in cell.metadata.get("tags", []), "the first cell is the setup cell"
+    lines = [line.strip() for line in cell.source.splitlines() if line.strip() and not line.strip().startswith("#")]
+    installs = [line for line in lines if re.search(r"\bpip\b|apt(-get)?\b|conda\b", line)]
+    assert installs == [f'%pip install --quiet "bnlab @ git+{REPOSITORY_URL}#subdirectory=code"'], (
+        f"the setup cell must install bnlab from {REPOSITORY_URL} (repository.url in _config.yml) and nothing else"
+    )
+    guard = 'if "google.colab" in sys.modules:'
+    assert guard in lines and lines.index(guard) < lines.index(installs[0]), "the install runs in Colab only"
+    assert cell.source.splitlines()[-1].startswith("    "), "the install is inside the Colab guard"
+
+
+def test_every_notebook_has_the_same_setup_cell():
+    cells = {setup_cell(n).source for n in NOTEBOOKS}
+    assert len(cells) == 1, "setup cells differ; they should be byte-for-byte the same"
+
+
+def test_setup_cell_does_nothing_outside_colab():
+    namespace: dict = {}
+    source = setup_cell(NOTEBOOKS[0]).source.replace("%pip", "raise AssertionError  # pip:")
+    exec(compile(source, "setup-cell", "exec"), namespace)  # no google.colab here: the install must not run
+
+
+# --- a chapter in a Colab-like environment --------------------------------------------------------------------------
+
+FAKE_COLAB_STARTUP = """\
+# Colab imports google.colab before the first cell runs; the course's setup cell checks for it.
+import sys, types
+sys.modules.setdefault("google.colab", types.ModuleType("google.colab"))
+"""
+
+PROBE = """\
+import json, sys
+import bnlab, ipywidgets, torch
+from bnlab.training import pick_device
+print("COLAB-PROBE " + json.dumps({
+    "executable": sys.executable, "colab": "google.colab" in sys.modules, "ipywidgets": ipywidgets.__version__,
+    "bnlab": bnlab.__file__, "torch": torch.__file__, "device": pick_device().type,
+}))
+"""
+
+
+def installed_distributions(site_packages: Path) -> set[str]:
+    return {p.name for p in site_packages.glob("*.dist-info")}
+
+
+def run(*command, **kwargs) -> None:
+    result = subprocess.run(command, capture_output=True, text=True, **kwargs)
+    assert result.returncode == 0, f"{' '.join(map(str, command))} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+
+
+@pytest.fixture(scope="module")
+def colab_env(tmp_path_factory):
+    """A fresh virtual environment with Colab's widget stack and this project's torch, plus a kernel spec for it."""
+    if not (REPO / ".git").exists():
+        pytest.skip("the Colab-like run installs bnlab from this checkout's git history, and there is none")
+    root = tmp_path_factory.mktemp("colab")
+    env_dir = root / "venv"
+    venv.EnvBuilder(with_pip=True).create(env_dir)
+    python = env_dir / "bin" / "python"
+    run(python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--upgrade", *COLAB_PACKAGES)
+    own_site = Path(
+        subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                       capture_output=True, text=True, check=True).stdout.strip()
+    )
+    # After the environment's own site-packages: its ipywidgets 7.7.1 wins over .venv's 8.x, torch comes from .venv.
+    (own_site / "zz-preinstalled-like-colab.pth").write_text("\n".join(site.getsitepackages()) + "\n")
+
+    ipython_dir = root / "ipython"
+    (ipython_dir / "profile_default" / "startup").mkdir(parents=True)
+    (ipython_dir / "profile_default" / "startup" / "00-colab.py").write_text(FAKE_COLAB_STARTUP)
+    kernel_dir = root / "jupyter" / "kernels" / "colab-like"
+    kernel_dir.mkdir(parents=True)
+    git_rewrites = {  # the repository's address -> this checkout; and trust it whoever owns it
+        f"url.{REPO.as_uri()}.insteadOf": REPOSITORY_URL,
+        "safe.directory": "*",
+    }
+    kernel_env = {"IPYTHONDIR": str(ipython_dir), "GIT_CONFIG_COUNT": str(len(git_rewrites))}
+    for i, (key, value) in enumerate(git_rewrites.items()):
+        kernel_env |= {f"GIT_CONFIG_KEY_{i}": key, f"GIT_CONFIG_VALUE_{i}": value}
+    kernel_spec = {
+        "argv": [str(python), "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "Python 3 (Colab-like)",
+        "language": "python",
+        "env": kernel_env,
+    }
+    (kernel_dir / "kernel.json").write_text(json.dumps(kernel_spec))
+    return {"python": python, "site_packages": own_site, "jupyter_path": root / "jupyter", "kernel_env": kernel_env}
+
+
+def test_widget_chapter_runs_end_to_end_in_a_colab_like_environment(colab_env, subset_root, tmp_path, monkeypatch):
+    monkeypatch.setenv("JUPYTER_PATH", str(colab_env["jupyter_path"]))
+    monkeypatch.setenv("BNLAB_DATA", str(subset_root))
+    monkeypatch.setenv("BNLAB_PROFILE", "ci")
+    if not os.environ.get("BNLAB_CACHE"):  # make test shares the book build's cache of experiment results
+        monkeypatch.setenv("BNLAB_CACHE", str(tmp_path / "cache"))
+    before = installed_distributions(colab_env["site_packages"])
+
+    nb = nbformat.read(WIDGET_CHAPTER, as_version=4)
+    nb.cells.append(nbformat.v4.new_code_cell(PROBE))
+    client = NotebookClient(
+        nb, kernel_name="colab-like", timeout=600, resources={"metadata": {"path": str(WIDGET_CHAPTER.parent)}}
+    )
+    client.execute()
+
+    new = installed_distributions(colab_env["site_packages"]) - before
+    assert [d.split("-")[0] for d in new] == ["bnlab"], f"the setup cell installed {sorted(new)}"
+    outputs = [out for cell in nb.cells if cell.cell_type == "code" for out in cell.outputs]
+    probe_line = next(line for out in outputs if out.get("name") == "stdout"
+                      for line in out.text.splitlines() if line.startswith("COLAB-PROBE "))
+    probe = json.loads(probe_line.removeprefix("COLAB-PROBE "))
+    assert probe["colab"] and Path(probe["executable"]).parent.parent == colab_env["python"].parent.parent
+    assert probe["ipywidgets"] == "7.7.1"
+    assert Path(probe["bnlab"]).is_relative_to(colab_env["site_packages"]), "bnlab comes from the setup cell's install"
+    assert Path(probe["torch"]).is_relative_to(Path(site.getsitepackages()[0])), "torch is the preinstalled one"
+
+    views = [out for out in outputs if WIDGET_VIEW in out.get("data", {})]
+    assert views, f"{WIDGET_CHAPTER.name} displayed no widget"
+    chapter_text = "\n".join(out.get("text", "") for out in outputs[:-1] if out.get("name") == "stdout")
+    assert re.search(rf"\b{probe['device']}\b", chapter_text), f"the chapter does not say it trains on {probe['device']}"
