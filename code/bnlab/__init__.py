@@ -1,7 +1,19 @@
 """bnlab: the code behind the course module *BatchNorm in PyTorch*.
 
-Modules: ``data`` (MNIST on the training device), ``models`` (the lecture's MLP), ``training`` (train and
-evaluate), ``plots`` (training curves), ``profiles`` (full or CI-sized runs).
+Modules, named for the ideas the chapters use:
+
+* ``data``: MNIST as tensors on the training device; the offline MNIST-10k subset; integrity checks.
+* ``models``: the lecture's MLP from an ``MLPConfig`` (hidden sizes, BatchNorm placement, bias, dropout).
+* ``training``: ``train`` and ``accuracy``, device selection, seeding, the per-epoch ``History``.
+* ``experiments``: several seeds per configuration, cached on disk; spreads, tables, comparisons.
+* ``batchnorm``: BatchNorm written out by hand, checked against ``torch.nn.BatchNorm1d`` (chapter 1).
+* ``folding``: folding an eval-mode BatchNorm into the preceding Linear layer (chapter 3).
+* ``running_stats``: the momentum average of the statistics, and precise BN (chapter 4).
+* ``modes``: train mode and eval mode, freezing BatchNorm while fine-tuning (chapter 5).
+* ``plots`` and ``widgets``: figures and interactive explorers.
+* ``exercises`` and ``grade``: the graded exercises' checks, and ``python -m bnlab.grade`` for instructors.
+* ``bench``: ``python -m bnlab.bench``, how fast training runs against the standard DataLoader pipeline.
+* ``profiles``, ``reference``, ``book``: run sizes (``BNLAB_PROFILE``), the lecture's recorded numbers, glue.
 """
 
 from .data import DataError, Dataset, Split, load_mnist
