@@ -8,15 +8,16 @@ For every submission the grader
 3. runs the notebook's code cells in a fresh Jupyter kernel (nbclient), in a separate worker process, with a time
    budget for the whole notebook. Outputs are thrown away as they arrive: scores never come from anything the
    notebook printed or stored. A cell that raises is recorded and the next one runs; a cell that runs past the
-   budget is interrupted and the cells after it are not run; a cell that kills the kernel (``os._exit``, a
-   crash) or will not stop is left out and the notebook is run again in a new kernel (at most ``max_restarts``
-   times);
+   budget is interrupted and the cells after it are not run; a cell that ends the kernel (``exit()``,
+   ``os._exit``, a crash) or will not stop is left out and the notebook is run again in a new kernel (at most
+   ``max_restarts`` times); a kernel that fails to start is started again (at most ``KERNEL_START_TRIES`` tries);
 4. then appends one *probe* cell per exercise. The probe loads a fresh copy of ``bnlab/exercises.py`` by its file
    path (not anything the notebook imported or patched), finds the answer by its name (``batchnorm_forward``,
    ``answer_q2``, ...), runs it on fresh random inputs that only the grader knew until then, with a time limit,
    and writes what came back to a file whose name and contents carry a random nonce;
 5. judges those records in its own process, where no learner code runs, and writes one row per submission:
-   points per exercise, the total, and the reasons.
+   points per exercise, the total, and the reasons. It reads a record only if it is a plain, small file: the
+   submission can reach the run's folder, and a link or a named pipe there must not stall the grader.
 
 A submission can tamper with anything inside its own kernel, but it cannot reach the grader's process, and a
 record only earns points when it holds the right values for inputs the submission could not see in advance.
@@ -37,6 +38,7 @@ import os
 import re
 import secrets
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -58,6 +60,7 @@ MAX_NOTEBOOK_BYTES = 50_000_000
 MAX_RECORD_BYTES = 5_000_000
 KERNEL_STARTUP = 60  # seconds a kernel may take to start
 PROBE_MARGIN = 10  # seconds a probe cell gets beyond its check's own time limit
+KERNEL_START_TRIES = 3  # a kernel can fail to start for a passing reason (a port another process took meanwhile)
 MAX_NOTES = 6
 
 
@@ -93,14 +96,17 @@ class Options:
     def __post_init__(self):
         for name in ("timeout", "check_timeout"):
             value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and value > 0):
+            if not (isinstance(value, (int, float)) and 0 < value < float("inf")):
                 raise ValueError(f"Options.{name} must be a positive number of seconds; got {value!r}.")
         if self.exercises is not None and self.exercises not in SETS:
             raise ValueError(f"Options.exercises must be one of {sorted(SETS)} or None; got {self.exercises!r}.")
         if not (isinstance(self.max_restarts, int) and self.max_restarts >= 0):
             raise ValueError(f"Options.max_restarts must be a non-negative integer; got {self.max_restarts!r}.")
+        if self.points is not None and not isinstance(self.points, dict):
+            raise ValueError(f"Options.points must map exercise keys ({', '.join(exercises.POINTS)}) to "
+                             f"non-negative numbers; got a {type(self.points).__name__}.")
         for key, value in (self.points or {}).items():
-            if key not in exercises.POINTS or not isinstance(value, (int, float)) or value < 0:
+            if key not in exercises.POINTS or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
                 raise ValueError(f"Options.points maps exercise keys ({', '.join(exercises.POINTS)}) to "
                                  f"non-negative numbers; got {key!r}: {value!r}.")
 
@@ -252,7 +258,7 @@ def run_notebook(cells: list, probes: list) -> dict:
 def worker_time_limit(options: Options, n_probes: int) -> float:
     """The longest a worker may take before the grader stops it: every attempt at its slowest, plus a margin."""
     attempt = KERNEL_STARTUP + options.timeout + n_probes * (options.check_timeout + PROBE_MARGIN) + 15
-    return attempt * (options.max_restarts + 1) + 30
+    return attempt * (options.max_restarts + 1) + KERNEL_STARTUP * (KERNEL_START_TRIES - 1) + 30
 
 
 def run_worker(job: dict, time_limit: float) -> dict:
@@ -290,21 +296,51 @@ def kill_group(pid: int) -> None:
         pass
 
 
-def read_status(path: Path) -> dict:
+def read_small_file(path: Path, *, limit: int = MAX_RECORD_BYTES) -> str | None:
+    """The text of ``path`` if it is a plain file of at most ``limit`` bytes, else None.
+
+    The run's folder is within reach of the submission's kernel: a link to ``/dev/zero``, a named pipe or a huge
+    file in place of a record must not make the grader hang or run out of memory.
+    """
     try:
-        status = json.loads(path.read_text())
-        return status if isinstance(status, dict) else {}
-    except (OSError, ValueError):
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+    except OSError:
+        return None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_size > limit:
+            return None
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            data = f.read(limit + 1)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    if len(data) > limit:
+        return None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
+def read_status(path: Path) -> dict:
+    text = read_small_file(path)
+    try:
+        status = json.loads(text) if text is not None else {}
+    except (ValueError, RecursionError):
         return {}
+    return status if isinstance(status, dict) else {}
 
 
 def read_record(path: Path, nonce: str, key: str) -> dict | None:
     """The probe's record for ``key``, if it is there, readable, and carries this run's nonce."""
+    text = read_small_file(path)
+    if text is None:
+        return None
     try:
-        if path.stat().st_size > MAX_RECORD_BYTES:
-            return None
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError):
+        record = json.loads(text)
+    except (ValueError, RecursionError):
         return None
     if not (isinstance(record, dict) and record.get("nonce") == nonce and record.get("exercise") == key):
         return None
@@ -349,7 +385,7 @@ def run_checks(path: Path, notebook: dict, grade: Grade, options: Options) -> No
     exercise_set = SETS[grade.exercise_set]
     nonce = secrets.token_hex(16)
     checks_file = str(Path(exercises.__file__).resolve())
-    with tempfile.TemporaryDirectory(prefix="bnlab-grade-") as folder:
+    with tempfile.TemporaryDirectory(prefix="bnlab-grade-", ignore_cleanup_errors=True) as folder:
         folder = Path(folder)
         records, workdir = folder / "records", folder / "work"
         records.mkdir()
@@ -390,7 +426,7 @@ def notes_from(status: dict, options: Options) -> list:
             notes.append(f"the notebook ran past its {options.timeout:g} s time limit in {where}; the cells from "
                          f"there on were not run")
         elif kind == "died":
-            notes.append(f"the kernel died in {where}; the notebook was run again without it")
+            notes.append(f"the kernel died or exited in {where}; the notebook was run again without it")
         elif kind == "unresponsive":
             notes.append(f"{where} did not stop when interrupted; the notebook was run again without it")
         elif kind == "kernel":
@@ -410,7 +446,7 @@ def missing_record_reason(status: dict, key: str, options: Options) -> str:
         return (f"The check ran past {options.check_timeout + PROBE_MARGIN:g} s and would not stop (an answer that "
                 f"ignores interrupts?).")
     if probe == "died":
-        return "The kernel died while this answer was checked (os._exit, or a crash in the answer)."
+        return "The kernel died while this answer was checked (exit(), os._exit, or a crash in the answer)."
     if probe == "error":
         return "The check could not run: the notebook's code interfered with it."
     if probe == "ran":
@@ -519,11 +555,24 @@ async def execute(job: dict, status: Status) -> None:
     notebook = nbformat.reads(Path(job["notebook"]).read_text(), as_version=4)
     left_out: set = set()
     checked: set = set()
-    for attempt in range(job["max_restarts"] + 1):
-        culprit = await run_attempt(notebook, job, status, left_out, checked)
+    attempts = failed_starts = 0
+    while attempts <= job["max_restarts"]:
+        try:
+            culprit = await run_attempt(notebook, job, status, left_out, checked)
+        except KernelNotStarted as error:
+            failed_starts += 1
+            if failed_starts >= KERNEL_START_TRIES:
+                status.event(kind="kernel", error=f"it did not start in {failed_starts} tries ({error})")
+                return
+            continue
         if culprit is None:
             return
         left_out.add(culprit)
+        attempts += 1
+
+
+class KernelNotStarted(Exception):
+    """The kernel did not start; the message says why."""
 
 
 def quiet_client_class():
@@ -552,12 +601,20 @@ async def run_attempt(notebook, job: dict, status: Status, left_out: set, checke
         elif "cell" in info:
             status.event(kind="error", cell=info["cell"], first_line=info.get("first_line", ""), error=error)
 
+    exited: set = set()
+
+    def on_executed(cell, cell_index, execute_reply):
+        if asks_to_exit(execute_reply):
+            exited.add(cell_index)
+
     client = quiet_client_class()(
         notebook, kernel_name=job["kernel"], allow_errors=True, startup_timeout=KERNEL_STARTUP,
         shutdown_kernel="immediate", resources={"metadata": {"path": job["workdir"]}},
-        raise_on_iopub_timeout=False, iopub_timeout=4, on_cell_error=on_error)
+        raise_on_iopub_timeout=False, iopub_timeout=4, on_cell_error=on_error, on_cell_executed=on_executed)
+    started = False
     try:
         async with client.async_setup_kernel():
+            started = True
             status.data["kernel_pid"] = kernel_pid(client)
             status.save()
             deadline = time.monotonic() + job["timeout"]
@@ -590,22 +647,41 @@ async def run_attempt(notebook, job: dict, status: Status, left_out: set, checke
                                          first_line=info.get("first_line", ""))
                         return index
                 except DeadKernelError:
-                    if probe:
-                        checked.add(probe)
-                        status.probe(probe, "died")
-                    else:
-                        status.event(kind="died", cell=info.get("cell"), first_line=info.get("first_line", ""))
+                    record_death(status, checked, info)
                     return index
                 else:
+                    if index in exited:  # exit() or quit(): the kernel shuts down right after the cell's reply
+                        record_death(status, checked, info)
+                        return index
                     if probe:
                         checked.add(probe)
                         status.data["probes"].setdefault(probe, "ran")
                         status.save()
     except Exception as error:
+        if not started:
+            raise KernelNotStarted(describe_error(error)) from None
         if not status.data["events"] or status.data["events"][-1].get("kind") != "kernel":
             status.event(kind="kernel", error=describe_error(error))
         return None
     return None
+
+
+def asks_to_exit(execute_reply) -> bool:
+    """Whether a cell's reply says the kernel is about to shut down (``exit()`` or ``quit()`` in IPython)."""
+    content = execute_reply.get("content", {}) if isinstance(execute_reply, dict) else {}
+    payload = content.get("payload") if isinstance(content, dict) else None
+    return any(isinstance(item, dict) and item.get("source") == "ask_exit" and not item.get("keepkernel")
+               for item in (payload if isinstance(payload, list) else []))
+
+
+def record_death(status: Status, checked: set, info: dict) -> None:
+    """Note that the kernel died in a learner cell or a probe (the next attempt leaves that cell out)."""
+    probe = info.get("probe")
+    if probe:
+        checked.add(probe)
+        status.probe(probe, "died")
+    else:
+        status.event(kind="died", cell=info.get("cell"), first_line=info.get("first_line", ""))
 
 
 async def interrupt(client) -> bool:
@@ -683,6 +759,9 @@ def main(argv: list | None = None) -> int:
         parser().error(str(error))
     if args.jobs < 1:
         parser().error("--jobs must be at least 1")
+    for flag, target in (("--out", args.out), ("--gradescope", args.gradescope)):
+        if target and (Path(target).is_dir() or not Path(target).parent.is_dir()):
+            parser().error(f"{flag}: cannot write {target}: it is a folder, or its folder does not exist")
     paths = expand(args.submissions)
     if not paths:
         parser().error("no notebooks to grade")
