@@ -13,7 +13,7 @@ from bnlab.training import Engine, FusedMLPStep
 
 TINY = bench.Sizes(
     peak_n=64, standard_steps=2, standard_warmup=1, rate_images=512, rate_epochs=1,
-    epochs=1, images=512, val_images=64, batch_size=256,
+    epochs=1, images=512, val_images=64, batch_size=256, repeats=1,
 )
 
 
@@ -108,3 +108,10 @@ def test_command_runs_quick_and_prints_the_table(tmp_path):
 def test_command_rejects_bad_threads(capsys):
     assert bench.main(["--quick", "--threads", "0"]) == 2
     assert "--threads must be a positive integer" in capsys.readouterr().err
+
+
+def test_fastest_keeps_the_best_of_several_timings():
+    rates = iter([bench.Rate(100, 2.0), bench.Rate(100, 1.0), bench.Rate(100, 4.0)])
+    assert bench.fastest(3, lambda: next(rates)).seconds == 1.0
+    with pytest.raises(ValueError, match="repeats"):
+        bench.fastest(0, lambda: bench.Rate(1, 1.0))
