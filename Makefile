@@ -53,6 +53,7 @@ data: $(SUBSET_ROOT)/MNIST/bnlab-subset.json
 $(SUBSET_ROOT)/MNIST/bnlab-subset.json: $(STAMP)
 	$(BIN)/python -m bnlab build-subset --source $(MNIST_T10K) --root $(SUBSET_ROOT)
 else
+export BNLAB_DATA ?= $(abspath data)
 data:
 endif
 
