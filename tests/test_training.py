@@ -1,10 +1,30 @@
+import copy
 import dataclasses
 
 import pytest
 import torch
+import torch.nn.functional as F
+from torch import nn
 
+from bnlab.data import BatchLoader
 from bnlab.models import MLPConfig, build_mlp
-from bnlab.training import History, TrainConfig, accuracy, pick_device, train, train_mlp
+from bnlab.modes import freeze_batchnorm
+from bnlab.training import (
+    AutogradStep,
+    Engine,
+    FusedMLPStep,
+    History,
+    StepLoop,
+    TrainConfig,
+    accuracy,
+    count_correct,
+    epoch_order,
+    fused_unsupported_reason,
+    make_step,
+    pick_device,
+    train,
+    train_mlp,
+)
 
 SHORT = TrainConfig(epochs=2, batch_size=100)
 
@@ -91,23 +111,6 @@ def test_progress_bar_can_be_turned_off(small_data, capsys):
 
 # --- the fast training path: exactly the plain loop, only faster --------------------------------------------------
 
-import copy  # noqa: E402
-
-import torch.nn.functional as F  # noqa: E402
-from torch import nn  # noqa: E402
-
-from bnlab.data import BatchLoader  # noqa: E402
-from bnlab.modes import freeze_batchnorm  # noqa: E402
-from bnlab.training import (  # noqa: E402
-    AutogradStep,
-    Engine,
-    FusedMLPStep,
-    StepLoop,
-    count_correct,
-    epoch_order,
-    fused_unsupported_reason,
-    make_step,
-)
 
 
 def reference_loop(model, split, *, steps, batch_size, lr, seed):
@@ -252,3 +255,17 @@ def test_invalid_engine_names_the_field(kwargs):
 def test_train_rejects_a_batch_larger_than_the_training_split(small_data):
     with pytest.raises(ValueError, match="batch_size 5000 is larger than the training split"):
         train(build_mlp(), small_data, TrainConfig(epochs=1, batch_size=5_000), device="cpu", progress=False)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_graph_replay_trains_like_eager_steps_on_the_gpu(small_data):
+    config = TrainConfig(epochs=2, batch_size=100, seed=3)
+    runs = {}
+    for graphs in (True, False):
+        model, history = train_mlp(MLPConfig(), small_data, config, device="cuda", progress=False,
+                                   engine=Engine(cuda_graphs=graphs))
+        runs[graphs] = (model.state_dict(), history)
+    assert runs[True][1].device.startswith("cuda")
+    for name, value in runs[True][0].items():
+        assert torch.allclose(value.float(), runs[False][0][name].float(), rtol=1e-4, atol=1e-6), name
+    assert runs[True][1].column("loss") == pytest.approx(runs[False][1].column("loss"), rel=1e-4)
