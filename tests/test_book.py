@@ -426,13 +426,14 @@ class Browser:
             devtools.events.clear()
 
     def _screenshot(self, page: str, height: int, session: str) -> Path:
-        clip = {"x": 0, "y": 0, "width": 1280, "height": max(900, min(height, 12_000)), "scale": 1}
-        shot = self.devtools.send(
-            "Page.captureScreenshot",
-            {"format": "png", "captureBeyondViewport": True, "clip": clip},
+        # The whole page in one picture: lay it out in a viewport as tall as the page, then capture that viewport.
+        # (Capturing beyond a short viewport shifts the theme's sticky sidebars over the content.)
+        self.devtools.send(
+            "Emulation.setDeviceMetricsOverride",
+            {"width": 1280, "height": max(900, min(height, 12_000)), "deviceScaleFactor": 1, "mobile": False},
             session=session,
-            timeout=60,
         )
+        shot = self.devtools.send("Page.captureScreenshot", {"format": "png"}, session=session, timeout=60)
         path = SCREENSHOTS / f"{page.replace('/', '__')}.png"
         path.write_bytes(base64.b64decode(shot["data"]))
         return path
