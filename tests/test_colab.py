@@ -25,7 +25,8 @@ from pathlib import Path
 import nbformat
 import pytest
 import yaml
-from nbclient import NotebookClient
+
+from bnlab.notebooks import notebook_client
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = yaml.safe_load((REPO / "_config.yml").read_text())
@@ -162,7 +163,7 @@ def test_widget_chapter_runs_end_to_end_in_a_colab_like_environment(chapter, col
 
     nb = nbformat.read(chapter, as_version=4)
     nb.cells.append(nbformat.v4.new_code_cell(PROBE))
-    client = NotebookClient(
+    client = notebook_client(
         nb, kernel_name="colab-like", timeout=600, resources={"metadata": {"path": str(chapter.parent)}}
     )
     client.execute()

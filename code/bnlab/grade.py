@@ -592,6 +592,11 @@ async def run_attempt(notebook, job: dict, status: Status, left_out: set, checke
     or would not stop (the next attempt leaves it out)."""
     from nbclient.exceptions import CellTimeoutError, DeadKernelError
 
+    try:
+        from .notebooks import notebook_client
+    except ImportError:  # run as a script (the worker): this file's folder is first on sys.path
+        from notebooks import notebook_client
+
     def on_error(cell, cell_index, execute_reply):
         info = cell.metadata.get("bnlab", {})
         content = execute_reply.get("content", {}) if isinstance(execute_reply, dict) else {}
@@ -607,9 +612,9 @@ async def run_attempt(notebook, job: dict, status: Status, left_out: set, checke
         if asks_to_exit(execute_reply):
             exited.add(cell_index)
 
-    client = quiet_client_class()(
-        notebook, kernel_name=job["kernel"], allow_errors=True, startup_timeout=KERNEL_STARTUP,
-        shutdown_kernel="immediate", resources={"metadata": {"path": job["workdir"]}},
+    client = notebook_client(
+        notebook, client_class=quiet_client_class(), kernel_name=job["kernel"], allow_errors=True,
+        startup_timeout=KERNEL_STARTUP, shutdown_kernel="immediate", resources={"metadata": {"path": job["workdir"]}},
         raise_on_iopub_timeout=False, iopub_timeout=4, on_cell_error=on_error, on_cell_executed=on_executed)
     started = False
     try:

@@ -1,0 +1,108 @@
+"""bnlab.notebooks: kernel channels wait in short slices, so a message whose wake-up was lost is seen within one
+slice; notebooks run with them through nbclient; the book build uses the same wait."""
+
+import asyncio
+import importlib.util
+import time
+from pathlib import Path
+from queue import Empty
+
+import nbformat
+import pytest
+from jupyter_client.channels import AsyncZMQSocketChannel
+
+from bnlab import notebooks
+from bnlab.notebooks import PatientChannel, PatientKernelClient, notebook_client
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+class SocketThatMissesItsWakeUp:
+    """A stand-in for a zmq.asyncio socket whose message arrives at ``arrival`` (monotonic seconds) without waking a
+    poll that is already waiting: a poll sees the message only if it *starts* after the arrival (the real check at
+    the start of each poll), otherwise it sleeps its whole timeout and reports nothing."""
+
+    def __init__(self, arrival: float):
+        self.arrival = arrival
+        self.polls: list[int] = []
+
+    async def poll(self, timeout_ms):
+        self.polls.append(timeout_ms)
+        if time.monotonic() >= self.arrival:
+            return 1
+        await asyncio.sleep(timeout_ms / 1000)
+        return 0
+
+
+def patient_channel(socket) -> PatientChannel:
+    channel = PatientChannel.__new__(PatientChannel)  # no real socket or session needed: get_msg polls and receives
+    channel.socket = socket
+
+    async def recv():
+        return {"msg_type": "execute_reply"}
+
+    channel._recv = recv
+    return channel
+
+
+@pytest.fixture
+def short_slices(monkeypatch):
+    monkeypatch.setattr(notebooks, "WAKE_INTERVAL", 0.05)
+    return 0.05
+
+
+def test_a_message_whose_wake_up_was_lost_is_seen_within_one_slice(short_slices):
+    socket = SocketThatMissesItsWakeUp(arrival=time.monotonic() + 0.12)
+    start = time.monotonic()
+    message = asyncio.run(patient_channel(socket).get_msg(timeout=30))
+    waited = time.monotonic() - start
+    assert message == {"msg_type": "execute_reply"}
+    assert waited < 0.12 + 2 * short_slices + 0.5, f"waited {waited:.2f} s for a message that arrived after 0.12 s"
+
+
+def test_the_plain_asyncio_channel_sleeps_through_the_same_message_until_its_timeout():
+    """The failure PatientChannel exists for, shown on the same stand-in socket."""
+    socket = SocketThatMissesItsWakeUp(arrival=time.monotonic() + 0.05)
+    channel = patient_channel(socket)
+    start = time.monotonic()
+    with pytest.raises(Empty):
+        asyncio.run(AsyncZMQSocketChannel.get_msg(channel, timeout=0.6))
+    assert time.monotonic() - start >= 0.55
+
+
+def test_every_slice_is_at_most_the_wake_interval(short_slices):
+    socket = SocketThatMissesItsWakeUp(arrival=time.monotonic() + 0.3)
+    asyncio.run(patient_channel(socket).get_msg(timeout=None))
+    assert len(socket.polls) >= 3 and max(socket.polls) <= short_slices * 1000
+
+
+def test_no_message_raises_empty_at_the_timeout(short_slices):
+    socket = SocketThatMissesItsWakeUp(arrival=float("inf"))
+    start = time.monotonic()
+    with pytest.raises(Empty):
+        asyncio.run(patient_channel(socket).get_msg(timeout=0.2))
+    waited = time.monotonic() - start
+    assert 0.2 <= waited < 0.2 + 2 * short_slices + 0.5
+
+
+def test_a_notebook_runs_through_patient_channels():
+    nb = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_code_cell("x = 6 * 7"),
+        nbformat.v4.new_code_cell("print(x)"),
+    ])
+    client = notebook_client(nb, timeout=60, kernel_name="python3")
+    with client.setup_kernel():
+        assert isinstance(client.kc, PatientKernelClient)
+        assert all(isinstance(c, PatientChannel) for c in (client.kc.shell_channel, client.kc.iopub_channel))
+        for index, cell in enumerate(nb.cells):
+            client.execute_cell(cell, index)
+    assert nb.cells[1].outputs[0]["text"] == "42\n"
+
+
+def test_the_book_build_waits_the_same_way(monkeypatch):
+    monkeypatch.setattr(AsyncZMQSocketChannel, "get_msg", AsyncZMQSocketChannel.get_msg)  # restored afterwards
+    spec = importlib.util.spec_from_file_location("patient_kernels", REPO / "book" / "patient_kernels.py")
+    extension = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(extension)
+    extension.setup(app=None)
+    assert AsyncZMQSocketChannel.get_msg is PatientChannel.get_msg
