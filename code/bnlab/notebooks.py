@@ -62,7 +62,8 @@ if AsyncZMQSocketChannel is not None:
 
 def notebook_client(notebook, *, client_class=None, **options):
     """An nbclient ``NotebookClient`` (or ``client_class``, a subclass) for ``notebook`` whose kernels are started
-    by ``PatientKernelManager`` (where jupyter_client is 7 or later); ``options`` go to the client (``timeout``, ``kernel_name``, ``resources``, ...)."""
+    by ``PatientKernelManager`` (where jupyter_client is 7 or later). ``options`` go to the client: ``timeout``,
+    ``kernel_name``, ``resources``, ..."""
     from nbclient import NotebookClient
 
     if PatientKernelManager is not None:
