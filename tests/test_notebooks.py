@@ -3,7 +3,6 @@ slice; notebooks run with them through nbclient; the book build uses the same wa
 
 import asyncio
 import importlib.util
-import time
 from pathlib import Path
 from queue import Empty
 
@@ -17,20 +16,30 @@ from bnlab.notebooks import PatientChannel, PatientKernelClient, notebook_client
 REPO = Path(__file__).resolve().parents[1]
 
 
-class SocketThatMissesItsWakeUp:
-    """A stand-in for a zmq.asyncio socket whose message arrives at ``arrival`` (monotonic seconds) without waking a
-    poll that is already waiting: a poll sees the message only if it *starts* after the arrival (the real check at
-    the start of each poll), otherwise it sleeps its whole timeout and reports nothing."""
+class Clock:
+    """Virtual time in seconds: the tests below never sleep."""
 
-    def __init__(self, arrival: float):
-        self.arrival = arrival
+    def __init__(self):
+        self.now = 0.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+class SocketThatMissesItsWakeUp:
+    """A stand-in for a zmq.asyncio socket whose message arrives at ``arrival`` (virtual seconds) without waking a
+    poll that is already waiting: a poll sees the message only if it *starts* at or after the arrival (the real
+    check at the start of each poll); otherwise it sleeps its whole timeout and reports nothing."""
+
+    def __init__(self, clock: Clock, arrival: float):
+        self.clock, self.arrival = clock, arrival
         self.polls: list[int] = []
 
     async def poll(self, timeout_ms):
         self.polls.append(timeout_ms)
-        if time.monotonic() >= self.arrival:
+        if self.clock.now >= self.arrival:
             return 1
-        await asyncio.sleep(timeout_ms / 1000)
+        self.clock.now += timeout_ms / 1000
         return 0
 
 
@@ -46,43 +55,38 @@ def patient_channel(socket) -> PatientChannel:
 
 
 @pytest.fixture
-def short_slices(monkeypatch):
-    monkeypatch.setattr(notebooks, "WAKE_INTERVAL", 0.05)
-    return 0.05
+def clock(monkeypatch):
+    clock = Clock()
+    monkeypatch.setattr(notebooks, "time", clock)
+    return clock
 
 
-def test_a_message_whose_wake_up_was_lost_is_seen_within_one_slice(short_slices):
-    socket = SocketThatMissesItsWakeUp(arrival=time.monotonic() + 0.12)
-    start = time.monotonic()
-    message = asyncio.run(patient_channel(socket).get_msg(timeout=30))
-    waited = time.monotonic() - start
+def test_a_message_whose_wake_up_was_lost_is_seen_within_one_slice(clock):
+    socket = SocketThatMissesItsWakeUp(clock, arrival=2.5)
+    message = asyncio.run(patient_channel(socket).get_msg(timeout=600))
     assert message == {"msg_type": "execute_reply"}
-    assert waited < 0.12 + 2 * short_slices + 0.5, f"waited {waited:.2f} s for a message that arrived after 0.12 s"
+    assert 2.5 <= clock.now <= 2.5 + notebooks.WAKE_INTERVAL, f"seen at {clock.now} s, sent at 2.5 s"
 
 
-def test_the_plain_asyncio_channel_sleeps_through_the_same_message_until_its_timeout():
-    """The failure PatientChannel exists for, shown on the same stand-in socket."""
-    socket = SocketThatMissesItsWakeUp(arrival=time.monotonic() + 0.05)
-    channel = patient_channel(socket)
-    start = time.monotonic()
+def test_the_plain_asyncio_channel_sleeps_through_the_same_message_until_its_timeout(clock):
+    """The failure PatientChannel exists for, on the same stand-in socket."""
+    socket = SocketThatMissesItsWakeUp(clock, arrival=2.5)
     with pytest.raises(Empty):
-        asyncio.run(AsyncZMQSocketChannel.get_msg(channel, timeout=0.6))
-    assert time.monotonic() - start >= 0.55
+        asyncio.run(AsyncZMQSocketChannel.get_msg(patient_channel(socket), timeout=600))
+    assert clock.now == 600
 
 
-def test_every_slice_is_at_most_the_wake_interval(short_slices):
-    socket = SocketThatMissesItsWakeUp(arrival=time.monotonic() + 0.3)
+def test_every_slice_is_at_most_the_wake_interval(clock):
+    socket = SocketThatMissesItsWakeUp(clock, arrival=7.2)
     asyncio.run(patient_channel(socket).get_msg(timeout=None))
-    assert len(socket.polls) >= 3 and max(socket.polls) <= short_slices * 1000
+    assert len(socket.polls) >= 8 and max(socket.polls) <= notebooks.WAKE_INTERVAL * 1000
 
 
-def test_no_message_raises_empty_at_the_timeout(short_slices):
-    socket = SocketThatMissesItsWakeUp(arrival=float("inf"))
-    start = time.monotonic()
+def test_no_message_raises_empty_at_the_timeout(clock):
+    socket = SocketThatMissesItsWakeUp(clock, arrival=float("inf"))
     with pytest.raises(Empty):
-        asyncio.run(patient_channel(socket).get_msg(timeout=0.2))
-    waited = time.monotonic() - start
-    assert 0.2 <= waited < 0.2 + 2 * short_slices + 0.5
+        asyncio.run(patient_channel(socket).get_msg(timeout=5.5))
+    assert clock.now == pytest.approx(5.5)
 
 
 def test_a_notebook_runs_through_patient_channels():
