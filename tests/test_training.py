@@ -8,6 +8,7 @@ from torch import nn
 
 from bnlab.data import BatchLoader
 from bnlab.models import MLPConfig, build_mlp
+from bnlab import training
 from bnlab.modes import freeze_batchnorm
 from bnlab.training import (
     AutogradStep,
@@ -22,6 +23,7 @@ from bnlab.training import (
     fused_unsupported_reason,
     make_step,
     pick_device,
+    swapped_product_wins,
     train,
     train_mlp,
 )
@@ -169,6 +171,37 @@ def test_fused_step_follows_every_batchnorm_setting_exactly(small_data, kind):
     second = train(plain, small_data, config, device="cpu", progress=False, engine=Engine(fused=False))
     assert without_seconds(first) == without_seconds(second)
     assert all(torch.equal(a, b) for a, b in zip(fused.state_dict().values(), plain.state_dict().values()))
+
+
+@pytest.fixture
+def swapping_always_faster(monkeypatch):
+    """Pretend every swapped product is the faster one, so only exactness decides."""
+    monkeypatch.setattr(training, "_faster", lambda first, second: True)
+    swapped_product_wins.cache_clear()
+    yield
+    swapped_product_wins.cache_clear()
+
+
+def test_swapped_product_is_taken_only_where_it_gives_the_same_bits(swapping_always_faster):
+    threads = torch.get_num_threads()
+    x, w = torch.rand(100, 784), torch.randn(75, 784)
+    assert swapped_product_wins(100, 784, 75, threads) == torch.equal(x @ w.t(), (w @ x.t()).t())
+    for rows, n_out in [(100, 8), (3, 75)]:  # shapes where MKL rounds differently the other way round
+        x, w = torch.rand(rows, 784), torch.randn(n_out, 784)
+        if not torch.equal(x @ w.t(), (w @ x.t()).t()):
+            assert not swapped_product_wins(rows, 784, n_out, threads)
+
+
+@pytest.mark.parametrize("hidden", [(75, 45), (8,)], ids=["lecture", "narrow"])
+def test_fused_step_with_swapped_products_is_still_bitwise_the_plain_loop(small_data, swapping_always_faster, hidden):
+    torch.manual_seed(0)
+    fast = build_mlp(MLPConfig(hidden=hidden))
+    plain = copy.deepcopy(fast)
+    train(fast, small_data, TrainConfig(epochs=1, batch_size=100, seed=5), device="cpu", progress=False)
+    reference_loop(plain, small_data.train, steps=10, batch_size=100, lr=0.1, seed=5)
+    assert swapped_product_wins.cache_info().currsize == len(hidden)  # each bias-free hidden Linear was considered
+    for (name, a), b in zip(fast.state_dict().items(), plain.state_dict().values()):
+        assert torch.equal(a, b), name
 
 
 def test_fused_step_declines_what_it_cannot_reproduce():
