@@ -111,8 +111,11 @@ def test_command_rejects_bad_threads(capsys):
     assert "--threads must be a positive integer" in capsys.readouterr().err
 
 
-def test_fastest_keeps_the_best_of_several_timings():
-    rates = iter([bench.Rate(100, 2.0), bench.Rate(100, 1.0), bench.Rate(100, 4.0)])
-    assert bench.fastest(3, lambda: next(rates)).seconds == 1.0
-    with pytest.raises(ValueError, match="repeats"):
-        bench.fastest(0, lambda: bench.Rate(1, 1.0))
+def test_spread_reports_the_median_round_and_the_range():
+    spread = bench.Spread.of([14.0, 9.0, 15.5])
+    assert (spread.median, spread.low, spread.high) == (14.0, 9.0, 15.5)
+    assert str(spread) == "median of 3 rounds, 9.00x to 15.50x"
+    assert bench.Spread.of([2.0, 3.0]).median == 2.5
+    assert str(bench.Spread.of([2.0])) == "1 round"
+    with pytest.raises(ValueError, match="at least one value"):
+        bench.Spread.of([])

@@ -14,7 +14,10 @@ One run measures, on the same machine and the same number of threads:
   MNIST-shaped data.
 
 Every timing is taken three times and the fastest is reported: work that shares the machine only ever adds
-time. ``--quick`` runs every measurement once, on tiny sizes, in seconds (a smoke test, not a measurement).
+time. The host's speed drifts, though, so a ratio of two timings is only fair when they were taken together: the
+measurements run in rounds (standard pipeline, then bnlab's loop; matmul peak, then the reference run), and each
+ratio is reported as the median of its rounds, with their range. ``--quick`` runs every measurement once, on tiny
+sizes, in seconds (a smoke test, not a measurement).
 """
 
 from __future__ import annotations
@@ -325,49 +328,76 @@ def run_benchmark(
     rows.append(Row(ROW_NAMES[0], f"{peak / 1e9:,.1f} GFLOP/s", f"float32 ({sizes.peak_n}x{sizes.peak_n}) @ ({sizes.peak_n}x{sizes.peak_n}), best of 5"))
     rows.append(Row(ROW_NAMES[1], f"{flops.total:,}", f"784-75-45-10 matmuls: forward {flops.forward:,} + backward {flops.backward:,}"))
 
-    say("timing the standard DataLoader pipeline ...")
+    # The host's speed drifts (other work shares it), so every ratio is taken between measurements made back to
+    # back, once per round, and reported as the median of the rounds with its range.
+    say(f"timing the standard DataLoader pipeline and bnlab's loop in turn, {sizes.repeats} rounds ...")
     dataset, description = standard_dataset(data_root_path, size=max(sizes.rate_images, batch))
-    standard = fastest(sizes.repeats, lambda: standard_rate(
-        dataset, batch_size=batch, steps=sizes.standard_steps, warmup=sizes.standard_warmup, device=device))
-    rows.append(Row(ROW_NAMES[2], f"{standard.per_second:,.0f} samples/s",
-                    f"DataLoader(batch {batch}, shuffle, 0 workers) + ToTensor(), autograd step; {description}; {best}"))
-
-    say("timing bnlab's loop ...")
     data = random_mnist(sizes.rate_images)
-    autograd = fastest(sizes.repeats, lambda: bnlab_rate(
-        data, batch_size=batch, epochs=sizes.rate_epochs, device=device,
-        engine=Engine(fused=False, cuda_graphs=engine.cuda_graphs, amp=engine.amp)))
-    fused = fastest(sizes.repeats, lambda: bnlab_rate(
-        data, batch_size=batch, epochs=sizes.rate_epochs, device=device, engine=engine))
+    rounds = []
+    for _ in range(sizes.repeats):
+        standard = standard_rate(dataset, batch_size=batch, steps=sizes.standard_steps, warmup=sizes.standard_warmup, device=device)
+        autograd = bnlab_rate(data, batch_size=batch, epochs=sizes.rate_epochs, device=device,
+                              engine=Engine(fused=False, cuda_graphs=engine.cuda_graphs, amp=engine.amp))
+        fused = bnlab_rate(data, batch_size=batch, epochs=sizes.rate_epochs, device=device, engine=engine)
+        rounds.append((standard, autograd, fused))
+    standard, autograd, fused = (max((r[i] for r in rounds), key=lambda rate: rate.per_second) for i in range(3))
     step_name = "AutogradStep under bfloat16 autocast" if engine.amp else "FusedMLPStep"
     graphs = ", CUDA graph" if engine.cuda_graphs and device.type == "cuda" else ""
+    rows.append(Row(ROW_NAMES[2], f"{standard.per_second:,.0f} samples/s",
+                    f"DataLoader(batch {batch}, shuffle, 0 workers) + ToTensor(), autograd step; {description}; {best}"))
     rows.append(Row(ROW_NAMES[3], f"{autograd.per_second:,.0f} samples/s", f"data on the device, batches by index, AutogradStep{graphs}; {best}"))
     rows.append(Row(ROW_NAMES[4], f"{fused.per_second:,.0f} samples/s", f"data on the device, batches by index, {step_name}{graphs}; {best}"))
-    rows.append(Row(ROW_NAMES[5], f"{fused.per_second / standard.per_second:,.1f}x", "bnlab, fused step / standard pipeline"))
+    speedup = Spread.of([f.per_second / s.per_second for s, _, f in rounds])
+    rows.append(Row(ROW_NAMES[5], f"{speedup.median:,.1f}x", f"bnlab, fused step / standard pipeline, timed in turn; {speedup}"))
     achieved = fused.per_second * flops.total
     rows.append(Row(ROW_NAMES[6], f"{achieved / 1e9:,.1f} GFLOP/s", f"{achieved / peak:.0%} of the matmul peak (bnlab, fused step)"))
 
-    say(f"timing the reference run ({sizes.epochs} epochs x {sizes.images:,} images), {2 * sizes.repeats} times ...")
-    refs = [reference_run(epochs=sizes.epochs, images=sizes.images, val_images=sizes.val_images, batch_size=batch,
-                          device=device, engine=engine) for _ in range(sizes.repeats)]
-    ref = min(refs, key=lambda r: r.train_seconds)
-    ref = replace(ref, total_seconds=min(r.total_seconds for r in refs))
-    floor = ref.samples * flops.total / peak
+    say(f"timing the reference run ({sizes.epochs} epochs x {sizes.images:,} images), {2 * sizes.repeats} times, "
+        "each after the matmul peak ...")
+    runs = []
+    for _ in range(sizes.repeats):
+        run_peak = matmul_peak(n=sizes.peak_n, device=device)
+        run = reference_run(epochs=sizes.epochs, images=sizes.images, val_images=sizes.val_images, batch_size=batch,
+                            device=device, engine=engine)
+        runs.append((run_peak, run))
+    ref = min((run for _, run in runs), key=lambda r: r.train_seconds)
+    ref = replace(ref, total_seconds=min(run.total_seconds for _, run in runs))
+    work = ref.samples * flops.total
+    floor = work / max(peak, *(run_peak for run_peak, _ in runs))
+    to_floor = Spread.of([run.train_seconds * run_peak / work for run_peak, run in runs])
     shape = f"{ref.epochs} epochs x {ref.images // batch} steps x batch {batch}"
     rows.append(Row(ROW_NAMES[7], f"{ref.train_seconds:,.2f} s", f"{shape}; {RANDOM_DATA}; {best}"))
     rows.append(Row(ROW_NAMES[8], f"{ref.total_seconds:,.2f} s",
                     f"bnlab.training.train: + train accuracy on {ref.images:,} and validation accuracy on {ref.val_images:,} images every epoch; {best}"))
-    rows.append(Row(ROW_NAMES[9], f"{floor:,.2f} s", f"{ref.samples * flops.total / 1e9:,.0f} GFLOP / matmul peak"))
-    rows.append(Row(ROW_NAMES[10], f"{ref.train_seconds / floor:,.2f}x", "training steps / FLOP floor"))
+    rows.append(Row(ROW_NAMES[9], f"{floor:,.2f} s", f"{work / 1e9:,.0f} GFLOP / the best matmul peak measured"))
+    rows.append(Row(ROW_NAMES[10], f"{to_floor.median:,.2f}x",
+                    f"training steps / FLOP floor, each run against the peak measured just before it; {to_floor}"))
     rows.append(Row(ROW_NAMES[11], f"{ref.samples / standard.per_second:,.1f} s", "extrapolated from the standard pipeline's samples/s"))
     return rows
 
 
-def fastest(repeats: int, measure) -> Rate:
-    """The fastest of ``repeats`` calls of ``measure()`` (each returns a ``Rate``)."""
-    if not (isinstance(repeats, int) and repeats > 0):
-        raise ValueError(f"repeats must be a positive integer; got {repeats!r}.")
-    return max((measure() for _ in range(repeats)), key=lambda rate: rate.per_second)
+@dataclass(frozen=True)
+class Spread:
+    """The median of a few ratios, each from one round of back-to-back measurements, and their range."""
+
+    median: float
+    low: float
+    high: float
+    count: int
+
+    @classmethod
+    def of(cls, values: list[float]) -> "Spread":
+        if not values:
+            raise ValueError("Spread.of needs at least one value.")
+        ordered = sorted(values)
+        middle = len(ordered) // 2
+        median = ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+        return cls(median, ordered[0], ordered[-1], len(ordered))
+
+    def __str__(self) -> str:
+        if self.count == 1:
+            return "1 round"
+        return f"median of {self.count} rounds, {self.low:,.2f}x to {self.high:,.2f}x"
 
 
 def environment(device: torch.device) -> dict[str, str]:
