@@ -323,12 +323,12 @@ class _FusedLinear:
 
     def __init__(self, m: nn.Linear, slot: int, input_grad: bool):
         self.weight, self.bias, self.slot, self.input_grad = m.weight, m.bias, slot, input_grad
+        self.n_in, self.n_out = m.in_features, m.out_features
 
     def forward(self, x: torch.Tensor):
         if self.bias is not None:
             return torch.addmm(self.bias, x, self.weight.t()), x
-        n_out, n_in = self.weight.shape
-        if x.device.type == "cpu" and swapped_product_wins(x.shape[0], n_in, n_out, torch.get_num_threads()):
+        if x.device.type == "cpu" and swapped_product_wins(x.shape[0], self.n_in, self.n_out, torch.get_num_threads()):
             return torch.mm(self.weight, x.t()).t().contiguous(), x  # the copy gives the next layer rows again
         return torch.mm(x, self.weight.t()), x
 
