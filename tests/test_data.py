@@ -1,5 +1,7 @@
 import gzip
 import shutil
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,9 +14,12 @@ from bnlab.data import (
     BatchLoader,
     DataError,
     Split,
+    HUGE_PAGE,
     build_subset,
     data_root,
+    empty_on_huge_pages,
     load_mnist,
+    to_float,
 )
 
 
@@ -54,6 +59,37 @@ def test_pixels_match_to_tensor(subset_root):
     for i in (0, 17, 999):
         assert torch.equal(data.test.images[i], raw[i][0])
     assert data.train.images.dtype == torch.float32 and data.train.images.shape[1:] == (1, 28, 28)
+
+
+def test_to_float_scales_like_to_tensor_into_fresh_memory():
+    pixels = torch.randint(0, 256, (3_000, 28, 28), dtype=torch.uint8)  # 9.4 MB as float32: on huge pages
+    images = to_float(pixels)
+    assert images.shape == (3_000, 1, 28, 28) and images.is_contiguous()
+    assert torch.equal(images, pixels.unsqueeze(1).float().div_(255))
+    assert torch.equal(to_float(pixels[:2]), images[:2])  # under one huge page: ordinary memory
+
+
+def mapping_flags(address: int) -> list[str]:
+    """The kernel's VmFlags for the memory mapping that holds ``address`` (Linux)."""
+    lines = Path("/proc/self/smaps").read_text().splitlines()
+    for i, line in enumerate(lines):
+        span = line.split()[0]
+        if "-" in span and all(c in "0123456789abcdef-" for c in span):
+            start, end = (int(a, 16) for a in span.split("-"))
+            if start <= address < end:
+                return next(row.split()[1:] for row in lines[i + 1 :] if row.startswith("VmFlags:"))
+    raise AssertionError(f"no mapping holds {address:#x}")
+
+
+@pytest.mark.skipif(
+    not (sys.platform == "linux" and Path("/sys/kernel/mm/transparent_hugepage/enabled").exists()),
+    reason="needs Linux with transparent huge pages",
+)
+def test_large_tensors_are_marked_for_huge_pages():
+    large = empty_on_huge_pages((HUGE_PAGE // 4 + 1,))
+    large.fill_(1.0)
+    assert "hg" in mapping_flags(large.data_ptr())  # madvise(MADV_HUGEPAGE) took
+    assert large.sum().item() == large.numel()
 
 
 def test_train_samples_keeps_the_first_images_and_the_full_validation_split(subset_root):

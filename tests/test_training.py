@@ -18,7 +18,10 @@ from bnlab.training import (
     StepLoop,
     TrainConfig,
     accuracy,
+    by_columns_wins,
     count_correct,
+    cross_entropy_by_columns,
+    cross_entropy_by_rows,
     epoch_order,
     fused_unsupported_reason,
     make_step,
@@ -175,11 +178,13 @@ def test_fused_step_follows_every_batchnorm_setting_exactly(small_data, kind):
 
 @pytest.fixture
 def swapping_always_faster(monkeypatch):
-    """Pretend every swapped product is the faster one, so only exactness decides."""
+    """Pretend every swapped product and every by-columns loss is the faster one, so only exactness decides."""
     monkeypatch.setattr(training, "_faster", lambda first, second: True)
     swapped_product_wins.cache_clear()
+    by_columns_wins.cache_clear()
     yield
     swapped_product_wins.cache_clear()
+    by_columns_wins.cache_clear()
 
 
 def test_swapped_product_is_taken_only_where_it_gives_the_same_bits(swapping_always_faster):
@@ -192,14 +197,38 @@ def test_swapped_product_is_taken_only_where_it_gives_the_same_bits(swapping_alw
             assert not swapped_product_wins(rows, 784, n_out, threads)
 
 
-@pytest.mark.parametrize("hidden", [(75, 45), (8,)], ids=["lecture", "narrow"])
-def test_fused_step_with_swapped_products_is_still_bitwise_the_plain_loop(small_data, swapping_always_faster, hidden):
+def test_loss_by_columns_is_taken_only_where_it_gives_the_same_bits(swapping_always_faster):
+    threads, one = torch.get_num_threads(), torch.ones(())
+    for rows in (64, 100, 250, 256):
+        z = 4 * torch.randn(rows, 10, generator=torch.Generator().manual_seed(rows))
+        y = torch.randint(0, 10, (rows,))
+        same = all(torch.equal(a, b) for a, b in zip(cross_entropy_by_rows(z, y, one), cross_entropy_by_columns(z, y, one)))
+        if not same:
+            assert not by_columns_wins(rows, 10, threads), rows
+
+
+def test_loss_by_rows_is_cross_entropy_and_its_gradient():
+    z = torch.randn(32, 10, requires_grad=True)
+    y = torch.randint(0, 10, (32,))
+    loss = F.cross_entropy(z, y)
+    loss.backward()
+    ours, grad = cross_entropy_by_rows(z.detach(), y, torch.ones(()))
+    assert torch.equal(ours, loss.detach()) and torch.equal(grad, z.grad)
+
+
+@pytest.mark.parametrize(
+    "hidden, batch_size", [((75, 45), 100), ((8,), 100), ((75, 45), 64)], ids=["lecture", "narrow", "batch-64"]
+)
+def test_fused_step_with_swapped_products_is_still_bitwise_the_plain_loop(
+    small_data, swapping_always_faster, hidden, batch_size
+):
     torch.manual_seed(0)
     fast = build_mlp(MLPConfig(hidden=hidden))
     plain = copy.deepcopy(fast)
-    train(fast, small_data, TrainConfig(epochs=1, batch_size=100, seed=5), device="cpu", progress=False)
-    reference_loop(plain, small_data.train, steps=10, batch_size=100, lr=0.1, seed=5)
+    train(fast, small_data, TrainConfig(epochs=1, batch_size=batch_size, seed=5), device="cpu", progress=False)
+    reference_loop(plain, small_data.train, steps=len(small_data.train) // batch_size, batch_size=batch_size, lr=0.1, seed=5)
     assert swapped_product_wins.cache_info().currsize == len(hidden)  # each bias-free hidden Linear was considered
+    assert by_columns_wins.cache_info().currsize == 1  # and so was the loss
     for (name, a), b in zip(fast.state_dict().items(), plain.state_dict().values()):
         assert torch.equal(a, b), name
 

@@ -17,6 +17,7 @@ import gzip
 import hashlib
 import json
 import math
+import mmap
 import os
 import shutil
 import tempfile
@@ -32,6 +33,7 @@ FULL_NAME = "MNIST"
 SUBSET_NAME = "MNIST-10k subset"
 SUBSET_MARKER = "bnlab-subset.json"
 FULL_VAL_SIZE = 6_000  # the lecture's split: validation = the last 6,000 training images
+HUGE_PAGE = 2 << 20  # bytes in one of Linux's transparent huge pages
 
 # The official test-set files, as torchvision lists them in MNIST.resources.
 T10K_FILES = {
@@ -151,8 +153,30 @@ def load_mnist(
 
 
 def to_float(images_uint8: torch.Tensor) -> torch.Tensor:
-    """``(N, 28, 28)`` uint8 -> ``(N, 1, 28, 28)`` float32 in [0, 1], as ``ToTensor()`` does per image."""
-    return images_uint8.unsqueeze(1).float().div_(255)
+    """``(N, 28, 28)`` uint8 -> ``(N, 1, 28, 28)`` float32 in [0, 1], as ``ToTensor()`` does per image, in memory
+    from ``empty_on_huge_pages``."""
+    images = empty_on_huge_pages((images_uint8.shape[0], 1, *images_uint8.shape[1:]))
+    return images.copy_(images_uint8.unsqueeze(1)).div_(255)
+
+
+def empty_on_huge_pages(shape: tuple[int, ...], dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """An uninitialised CPU tensor whose memory Linux backs with 2 MiB pages where it can.
+
+    Training gathers every mini-batch's rows at random from the whole training set. With 4 KiB pages almost every
+    row is a TLB miss; with 2 MiB pages (transparent huge pages, which Linux gives to memory marked
+    ``MADV_HUGEPAGE`` in its default ``madvise`` mode) few are, and a step on the lecture's MLP runs a few percent
+    faster. Where the platform has no ``MADV_HUGEPAGE``, or the tensor is smaller than one such page, this is
+    ``torch.empty``.
+    """
+    nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+    if nbytes < HUGE_PAGE or not hasattr(mmap, "MADV_HUGEPAGE"):
+        return torch.empty(shape, dtype=dtype)
+    memory = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    try:
+        memory.madvise(mmap.MADV_HUGEPAGE)
+    except OSError:  # a kernel without transparent huge pages: ordinary pages it is
+        pass
+    return torch.frombuffer(memory, dtype=dtype).view(shape)  # the tensor keeps the mapping alive
 
 
 def missing_data_message(root: Path, err: Exception) -> str:
