@@ -19,7 +19,7 @@
 * **On CUDA:** host-to-device copies are non-blocking, ``Engine(amp=True)`` autocasts the step to bfloat16, and
   the whole step is captured once as a CUDA graph and replayed for every batch (``Engine(cuda_graphs=True)``, the
   default), which removes the kernel-launch overhead that dominates a model this small. The CPU runs the same
-  step code eagerly, reading its batch through the same static index buffer the graph reads.
+  step code eagerly.
 
 ``python -m bnlab.bench`` measures all of this against the standard ``DataLoader`` + ``ToTensor()`` pipeline.
 """
@@ -567,9 +567,10 @@ def _mode_flags(model: nn.Module) -> tuple[bool, ...]:
 class StepLoop:
     """Runs one training step per mini-batch of a split that lives on the device.
 
-    The batch's row indices go into one static index tensor, and the step gathers its images and labels from
-    there, so the very same step can be captured as a CUDA graph (when ``graphs`` is true and the device is CUDA)
-    and replayed for every batch. Elsewhere the step runs eagerly. Losses are summed on the device.
+    ``body`` gathers a batch's images and labels by their row indices and runs the step. On CUDA (when ``graphs``
+    is true) it is captured once as a CUDA graph reading one static index tensor, and every batch copies its
+    indices there and replays the graph; elsewhere ``body`` runs eagerly on each batch's slice of the epoch's
+    order. Losses are summed on the device.
     """
 
     def __init__(self, model: nn.Module, step, split: Split, batch_size: int, *, graphs: bool = False):
@@ -589,10 +590,10 @@ class StepLoop:
     def __len__(self) -> int:
         return len(self.split) // self.batch_size
 
-    def body(self) -> None:
-        """One step on the batch whose rows ``self.index`` holds."""
-        xb = self.split.images.index_select(0, self.index)
-        yb = self.split.labels.index_select(0, self.index)
+    def body(self, index: torch.Tensor) -> None:
+        """One step on the batch whose rows ``index`` holds."""
+        xb = self.split.images.index_select(0, index)
+        yb = self.split.labels.index_select(0, index)
         self.loss_sum += self.step(xb, yb)
 
     def epoch(self, order: torch.Tensor) -> torch.Tensor:
@@ -603,11 +604,11 @@ class StepLoop:
         self.loss_sum.zero_()
         b = self.batch_size
         for i in range(len(self)):
-            self.index.copy_(order[i * b : (i + 1) * b], non_blocking=True)
             if self.graph is not None:
+                self.index.copy_(order[i * b : (i + 1) * b], non_blocking=True)
                 self.graph.replay()
             else:
-                self.body()
+                self.body(order[i * b : (i + 1) * b])
         if isinstance(self.step, FusedMLPStep):
             self.step.write_grads()
         return self.loss_sum.clone()
@@ -622,11 +623,11 @@ class StepLoop:
             side.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(side):
                 for _ in range(3):
-                    self.body()
+                    self.body(self.index)
             torch.cuda.current_stream().wait_stream(side)
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph):
-                self.body()
+                self.body(self.index)
             self.graph = graph
         except RuntimeError as err:  # pragma: no cover - depends on the GPU and driver
             warnings.warn(f"CUDA graph capture failed ({str(err).splitlines()[0]}); training without graphs.")
