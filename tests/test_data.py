@@ -10,11 +10,11 @@ from torchvision.datasets import MNIST
 
 from bnlab.data import (
     DATA_ENV,
+    HUGE_PAGE,
     SUBSET_NAME,
     BatchLoader,
     DataError,
     Split,
-    HUGE_PAGE,
     build_subset,
     data_root,
     empty_on_huge_pages,

@@ -203,8 +203,7 @@ def test_loss_by_columns_is_taken_only_where_it_gives_the_same_bits(swapping_alw
         z = 4 * torch.randn(rows, 10, generator=torch.Generator().manual_seed(rows))
         y = torch.randint(0, 10, (rows,))
         same = all(torch.equal(a, b) for a, b in zip(cross_entropy_by_rows(z, y, one), cross_entropy_by_columns(z, y, one)))
-        if not same:
-            assert not by_columns_wins(rows, 10, threads), rows
+        assert by_columns_wins(rows, 10, threads) == same, rows  # the bits differ by shape, not by the logits
 
 
 def test_loss_by_rows_is_cross_entropy_and_its_gradient():

@@ -331,9 +331,9 @@ def cross_entropy_by_rows(z: torch.Tensor, y: torch.Tensor, one: torch.Tensor):
 def cross_entropy_by_columns(z: torch.Tensor, y: torch.Tensor, one: torch.Tensor):
     """``cross_entropy_by_rows`` with the log-softmax and its backward run down the columns of ``z^T``
     (``classes x rows``): ATen then vectorises over the batch instead of over 10 classes."""
-    log_p = torch._log_softmax(z.t().contiguous(), 0, False)
+    log_p = torch._log_softmax(z.t().contiguous(), 0, False)  # classes x rows
     loss, total_weight = aten.nll_loss_forward(log_p.t(), y, None, NLL_MEAN, IGNORE_INDEX)
-    g = aten.nll_loss_backward(one, log_p.t(), y, None, NLL_MEAN, IGNORE_INDEX, total_weight)
+    g = aten.nll_loss_backward(one, log_p.t(), y, None, NLL_MEAN, IGNORE_INDEX, total_weight)  # rows x classes
     return loss, aten._log_softmax_backward_data(g.t().contiguous(), log_p, 0, z.dtype).t().contiguous()
 
 
