@@ -26,6 +26,7 @@ import argparse
 import datetime
 import os
 import platform
+import statistics
 import sys
 import time
 from dataclasses import dataclass, replace
@@ -389,10 +390,7 @@ class Spread:
     def of(cls, values: list[float]) -> "Spread":
         if not values:
             raise ValueError("Spread.of needs at least one value.")
-        ordered = sorted(values)
-        middle = len(ordered) // 2
-        median = ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
-        return cls(median, ordered[0], ordered[-1], len(ordered))
+        return cls(statistics.median(values), min(values), max(values), len(values))
 
     def __str__(self) -> str:
         if self.count == 1:

@@ -168,7 +168,7 @@ def empty_on_huge_pages(shape: tuple[int, ...], dtype: torch.dtype = torch.float
     faster. Where the platform has no ``MADV_HUGEPAGE``, or the tensor is smaller than one such page, this is
     ``torch.empty``.
     """
-    nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+    nbytes = math.prod(shape) * dtype.itemsize
     if nbytes < HUGE_PAGE or not hasattr(mmap, "MADV_HUGEPAGE"):
         return torch.empty(shape, dtype=dtype)
     memory = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)

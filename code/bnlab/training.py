@@ -295,6 +295,17 @@ def _faster(first, second, *, repeats: int = 5) -> bool:
     return best_seconds(first) <= 0.95 * best_seconds(second)
 
 
+def _exact_and_faster(candidate, plain) -> bool:
+    """Whether ``candidate()`` returns bitwise what ``plain()`` returns (a tensor or a tuple of tensors) and is
+    faster (``_faster``)."""
+    ours, theirs = candidate(), plain()
+    if isinstance(ours, torch.Tensor):
+        ours, theirs = (ours,), (theirs,)
+    if not all(torch.equal(a, b) for a, b in zip(ours, theirs, strict=True)):
+        return False
+    return _faster(candidate, plain)
+
+
 @functools.lru_cache(maxsize=None)
 def swapped_product_wins(rows: int, n_in: int, n_out: int, threads: int) -> bool:
     """Whether the CPU should compute a bias-free Linear layer's ``x @ W.t()`` (``x`` of ``rows x n_in``, ``W`` of
@@ -314,9 +325,7 @@ def swapped_product_wins(rows: int, n_in: int, n_out: int, threads: int) -> bool
     def swapped():
         return torch.mm(w, x.t()).t().contiguous()
 
-    if not torch.equal(plain(), swapped()):
-        return False
-    return _faster(swapped, plain)
+    return _exact_and_faster(swapped, plain)
 
 
 def cross_entropy_by_rows(z: torch.Tensor, y: torch.Tensor, one: torch.Tensor):
@@ -350,10 +359,7 @@ def by_columns_wins(rows: int, classes: int, threads: int) -> bool:
     z = 4 * torch.randn(rows, classes, generator=generator)
     y = torch.randint(0, classes, (rows,), generator=generator)
     one = torch.ones(())
-    by_rows, by_columns = cross_entropy_by_rows(z, y, one), cross_entropy_by_columns(z, y, one)
-    if not all(torch.equal(a, b) for a, b in zip(by_rows, by_columns)):
-        return False
-    return _faster(lambda: cross_entropy_by_columns(z, y, one), lambda: cross_entropy_by_rows(z, y, one))
+    return _exact_and_faster(lambda: cross_entropy_by_columns(z, y, one), lambda: cross_entropy_by_rows(z, y, one))
 
 
 class _FusedLinear:
@@ -518,7 +524,7 @@ class FusedMLPStep:
     def graph_safe(self) -> bool:
         """Whether the step may be captured as a CUDA graph: not with BatchNorm(momentum=None), whose averaging
         factor changes every step."""
-        return not any(getattr(layer, "count", None) is not None for layer in self.layers)
+        return not any(isinstance(layer, _FusedBatchNorm) and layer.count is not None for layer in self.layers)
 
     @torch.no_grad()
     def __call__(self, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
@@ -604,11 +610,12 @@ class StepLoop:
         self.loss_sum.zero_()
         b = self.batch_size
         for i in range(len(self)):
+            batch = order[i * b : (i + 1) * b]
             if self.graph is not None:
-                self.index.copy_(order[i * b : (i + 1) * b], non_blocking=True)
+                self.index.copy_(batch, non_blocking=True)
                 self.graph.replay()
             else:
-                self.body(order[i * b : (i + 1) * b])
+                self.body(batch)
         if isinstance(self.step, FusedMLPStep):
             self.step.write_grads()
         return self.loss_sum.clone()
