@@ -1,0 +1,506 @@
+"""Why does BatchNorm help? Four explanations from the literature, each as a measurement on the course's MLP.
+
+Every function computes and returns data (tidy records: one dict per measurement); the chapter draws them.
+The experiments that need a measurement at every step train with the plain loop below (``sgd_steps``:
+``torch.optim.SGD``, batches in ``BatchLoader``'s order); the learning-rate sweep uses ``bnlab.experiments``.
+
+1. **Internal covariate shift** (Ioffe & Szegedy 2015). After every step, the per-unit mean ``m`` and standard
+   deviation ``s`` of a hidden layer's input on a fixed probe batch; the shift between steps ``t`` and ``t + 1`` is
+   the 2-Wasserstein distance between the Gaussians with those moments, in units of the old standard deviation,
+   averaged over the units::
+
+       shift_t = mean_j sqrt((m_{t+1,j} - m_{t,j})^2 + (s_{t+1,j} - s_{t,j})^2) / s_{t,j}
+
+   ``ShiftNoise`` is Santurkar et al.'s (2018) test: after BatchNorm, ``y = a * x + b`` with a new random scale
+   ``a`` and shift ``b`` per unit at every step, so that the distribution moves on purpose.
+2. **Smoothness** (Santurkar et al. 2018). At a point ``w`` with gradient ``g`` of the batch loss ``L``, for step
+   sizes ``eta``: the loss ``L(w - eta g)``, the gradient change ``|grad L(w - eta g) - grad L(w)|`` and the
+   effective beta-smoothness ``max_eta |grad L(w - eta g) - grad L(w)| / |eta g|``.
+3. **Larger learning rates** (Bjorck et al. 2018). A sweep over learning rates; a run *diverged* when its final
+   training loss is not finite or no lower than guessing (``ln 10`` for ten classes).
+4. **Scale invariance** (van Laarhoven 2017; Kohler et al. 2019). For a weight ``W`` followed by BatchNorm,
+   ``BN((cW) x) = BN(W x)`` and ``grad_{cW} L = grad_W L / c``; each unit's weight row ``w`` is orthogonal to its
+   gradient, so one SGD step with weight decay ``lambda`` gives exactly
+   ``|w'|^2 = (1 - eta lambda)^2 |w|^2 + eta^2 |g|^2``, and the direction of ``w`` moves with the effective
+   learning rate ``eta / |w|^2``.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, replace
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .data import BatchLoader, Dataset, Split
+from .experiments import run
+from .models import MLPConfig, build_mlp
+from .modes import preserved_state
+from .training import TrainConfig
+
+CHANCE_LOSS = math.log(10)  # cross-entropy of a uniform guess over ten classes
+VARIANTS = {  # the chapter's three networks: label -> (MLPConfig, noise after BatchNorm?)
+    "without BatchNorm": (MLPConfig(placement="none"), False),
+    "BatchNorm": (MLPConfig(), False),
+    "noisy BatchNorm": (MLPConfig(), True),
+}
+LEARNING_RATES = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
+STEP_SIZES = (0.025, 0.05, 0.1, 0.2, 0.4)  # the landscape probe's: a quarter to four times the lecture's lr 0.1
+WEIGHT_DECAYS = (0.0, 0.001, 0.01)
+
+
+def check_positive_int(name: str, value) -> None:
+    if not (isinstance(value, int) and not isinstance(value, bool) and value > 0):
+        raise ValueError(f"{name} must be a positive integer; got {value!r}.")
+
+
+# --- how big the experiments are ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """How big the chapter's experiments are in a run profile.
+
+    Attributes:
+        steps: SGD steps of each per-step run (covariate shift, landscape, weight norms), batch size 256.
+        probe_size: images in the fixed probe batch on which the covariate shift is measured.
+        sweep_epochs: epochs of each run of the learning-rate sweep.
+        probes: points of training (step 0 included) at which the landscape is probed.
+    """
+
+    steps: int
+    probe_size: int
+    sweep_epochs: int
+    probes: int
+
+    def __post_init__(self):
+        for name in ("steps", "probe_size", "sweep_epochs", "probes"):
+            check_positive_int(f"Sizes.{name}", getattr(self, name))
+
+
+SIZES = {
+    "full": Sizes(steps=600, probe_size=512, sweep_epochs=3, probes=8),
+    "ci": Sizes(steps=60, probe_size=256, sweep_epochs=2, probes=4),
+}
+
+
+def sizes_for(profile_name: str) -> "Sizes":
+    """The chapter's sizes in the profile ``profile_name`` (``"full"`` or ``"ci"``)."""
+    if profile_name not in SIZES:
+        raise ValueError(f"profile_name must be one of {sorted(SIZES)}; got {profile_name!r}.")
+    return SIZES[profile_name]
+
+
+def probe_points(steps: int, count: int) -> list[int]:
+    """``count`` steps at which to probe a run of ``steps`` steps: 0, then from 10 (or less, in short runs) to the
+    last step, evenly spaced on a log scale."""
+    check_positive_int("steps", steps)
+    check_positive_int("count", count)
+    first, last = min(10, steps - 1), steps - 1
+    points = {0}
+    for k in range(count - 1):
+        points.add(round(first * (last / first) ** (k / max(count - 2, 1))) if first > 0 else 0)
+    return sorted(points)
+
+
+# --- the plain loop -----------------------------------------------------------------------------------------------
+
+
+def batches(split: Split, batch_size: int, seed: int):
+    """Mini-batches in ``BatchLoader``'s order, epoch after epoch, without end."""
+    loader = BatchLoader(split, batch_size, seed=seed)
+    while True:
+        yield from loader
+
+
+def sgd_step(model: nn.Module, optimizer: torch.optim.Optimizer, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+    """One plain SGD step on a batch; returns the batch loss before the step."""
+    loss = F.cross_entropy(model(xb), yb)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.detach()
+
+
+def build_variant(label: str, seed: int, **noise) -> nn.Sequential:
+    """One of ``VARIANTS``, with its weights drawn from ``seed``."""
+    if label not in VARIANTS:
+        raise ValueError(f"label must be one of {list(VARIANTS)}; got {label!r}.")
+    config, noisy = VARIANTS[label]
+    torch.manual_seed(seed)
+    model = build_mlp(config)
+    return add_shift_noise(model, **noise) if noisy else model
+
+
+def untouched_rng(device: torch.device):
+    """A block whose random draws (e.g. ``ShiftNoise`` while measuring) leave PyTorch's generators as they were."""
+    return torch.random.fork_rng(devices=[device] if device.type == "cuda" else [])
+
+
+# --- 1. internal covariate shift ----------------------------------------------------------------------------------
+
+
+class ShiftNoise(nn.Module):
+    """Noise that moves a layer's output distribution on purpose: in train mode, ``y = a * x + b`` with, per
+    feature and drawn anew at every forward pass (every step), ``a ~ U(scale)`` and ``b ~ U(-shift, shift)``.
+    ``E[a] = 1`` and ``E[b] = 0`` for a symmetric ``scale`` range, so eval mode returns ``x`` unchanged.
+    The draws come from PyTorch's global generator (seed it with ``torch.manual_seed``)."""
+
+    def __init__(self, num_features: int, *, shift: float = 1.0, scale: tuple[float, float] = (0.5, 1.5)):
+        super().__init__()
+        check_positive_int("num_features", num_features)
+        if not (isinstance(shift, (int, float)) and shift >= 0):
+            raise ValueError(f"shift must be a number >= 0; got {shift!r}.")
+        if not (len(scale) == 2 and 0 < scale[0] <= scale[1]):
+            raise ValueError(f"scale must be (low, high) with 0 < low <= high; got {scale!r}.")
+        self.num_features, self.shift, self.scale = num_features, float(shift), (float(scale[0]), float(scale[1]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return x
+        a = torch.empty(self.num_features, device=x.device).uniform_(*self.scale)
+        b = torch.empty(self.num_features, device=x.device).uniform_(-self.shift, self.shift)
+        return x * a + b
+
+    def extra_repr(self) -> str:
+        return f"{self.num_features}, shift={self.shift}, scale={self.scale}"
+
+
+def add_shift_noise(model: nn.Sequential, **noise) -> nn.Sequential:
+    """``model`` with a ``ShiftNoise`` after every ``BatchNorm1d`` (the layers themselves are shared, not copied)."""
+    layers = []
+    for layer in model:
+        layers.append(layer)
+        if isinstance(layer, nn.BatchNorm1d):
+            layers.append(ShiftNoise(layer.num_features, **noise))
+    return nn.Sequential(*layers)
+
+
+POSITIONS = ("Linear output", "ReLU input")
+
+
+@torch.no_grad()
+def input_moments(model: nn.Sequential, probe: torch.Tensor) -> dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]]:
+    """Per-unit mean and standard deviation over ``probe`` of each hidden layer's Linear output (the input of its
+    BatchNorm, if any) and of its ReLU's input (what the nonlinearity sees: the BatchNorm output where there is
+    one), in train mode, as the layer sees its inputs during training. Keys are ``(layer, position)``, layers
+    counted from 1. Buffers, mode flags and PyTorch's random generator are left as they were."""
+    seen: dict[tuple[int, str], torch.Tensor] = {}
+    hooks, layer = [], 0
+    output_layer = [m for m in model if isinstance(m, nn.Linear)][-1]
+    for module in model:
+        if isinstance(module, nn.Linear) and module is not output_layer:
+            layer += 1
+            hooks.append(module.register_forward_hook(lambda m, a, out, k=(layer, POSITIONS[0]): seen.__setitem__(k, out)))
+        elif isinstance(module, nn.ReLU):
+            hooks.append(module.register_forward_pre_hook(lambda m, a, k=(layer, POSITIONS[1]): seen.__setitem__(k, a[0])))
+    try:
+        with preserved_state(model), untouched_rng(probe.device):
+            model.train()
+            model(probe)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return {key: (x.mean(0), x.std(0, correction=0)) for key, x in seen.items()}
+
+
+def distribution_shift(before: tuple[torch.Tensor, torch.Tensor], after: tuple[torch.Tensor, torch.Tensor]) -> float:
+    """Mean over units of the 2-Wasserstein distance between N(m, s^2) before and after, divided by s before."""
+    (m0, s0), (m1, s1) = before, after
+    return (torch.sqrt((m1 - m0) ** 2 + (s1 - s0) ** 2) / s0.clamp_min(1e-6)).mean().item()
+
+
+def shift_run(
+    model: nn.Sequential, split: Split, probe: torch.Tensor, *, steps: int, lr: float = 0.1, batch_size: int = 256, seed: int = 0
+) -> list[dict]:
+    """Train ``model`` for ``steps`` SGD steps; after each, the distribution shift of every hidden layer's input on
+    ``probe`` since the step before. Records: ``step``, ``layer``, ``position``, ``shift``."""
+    check_positive_int("steps", steps)
+    torch.manual_seed(seed)
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+    records, before = [], input_moments(model, probe)
+    for step, (xb, yb) in zip(range(1, steps + 1), batches(split, batch_size, seed)):
+        sgd_step(model, optimizer, xb, yb)
+        after = input_moments(model, probe)
+        for (layer, position), moments in after.items():
+            shift = distribution_shift(before[layer, position], moments)
+            records.append({"step": step, "layer": layer, "position": position, "shift": shift})
+        before = after
+    return records
+
+
+# --- 2. smoothness of the loss landscape --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GradientProbe:
+    """The loss and the gradient along the negative gradient from one point, for several step sizes."""
+
+    step_sizes: tuple[float, ...]
+    loss: float  # at the point itself
+    grad_norm: float  # |g|
+    losses: tuple[float, ...]  # L(w - eta g), one per step size
+    grad_changes: tuple[float, ...]  # |grad L(w - eta g) - g|
+
+    @property
+    def loss_range(self) -> float:
+        """Loss landscape variation: max - min of the loss over the step sizes."""
+        return max(self.losses) - min(self.losses)
+
+    @property
+    def max_grad_change(self) -> float:
+        """Gradient predictiveness (smaller is more predictive): the largest gradient change."""
+        return max(self.grad_changes)
+
+    @property
+    def beta(self) -> float:
+        """Effective beta-smoothness: the largest gradient change per unit of distance moved."""
+        return max(c / (eta * self.grad_norm) for c, eta in zip(self.grad_changes, self.step_sizes))
+
+
+def flat_grad(loss: torch.Tensor, params: list[torch.Tensor]) -> torch.Tensor:
+    return torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, params)])
+
+
+def along_gradient(loss_fn, params: list[torch.Tensor], step_sizes) -> GradientProbe:
+    """Probe ``loss_fn()`` (a function of ``params``) along ``-g`` from the current point. ``params`` are restored."""
+    step_sizes = tuple(float(eta) for eta in step_sizes)
+    if not step_sizes or any(not eta > 0 for eta in step_sizes):
+        raise ValueError(f"step_sizes must be one or more positive numbers; got {step_sizes!r}.")
+    start = [p.detach().clone() for p in params]
+    loss = loss_fn()
+    g = flat_grad(loss, params)
+    losses, changes = [], []
+    try:
+        for eta in step_sizes:
+            with torch.no_grad():
+                offset = 0
+                for p, p0 in zip(params, start):
+                    p.copy_(p0 - eta * g[offset : offset + p.numel()].view_as(p))
+                    offset += p.numel()
+            moved = loss_fn()
+            losses.append(moved.item())
+            changes.append((flat_grad(moved, params) - g).norm().item())
+    finally:
+        with torch.no_grad():
+            for p, p0 in zip(params, start):
+                p.copy_(p0)
+    return GradientProbe(step_sizes, loss.item(), g.norm().item(), tuple(losses), tuple(changes))
+
+
+def landscape_run(
+    model: nn.Module,
+    split: Split,
+    *,
+    steps: int,
+    probe_at,
+    step_sizes,
+    lr: float = 0.1,
+    batch_size: int = 256,
+    seed: int = 0,
+) -> list[dict]:
+    """Train ``model`` for ``steps`` SGD steps; before the steps in ``probe_at`` (0 = at the start), probe the
+    landscape on that step's batch, in train mode, leaving BatchNorm's running statistics untouched.
+    Records, one per probe and step size: ``step``, ``step_size``, ``loss``, ``grad_change``, ``grad_norm``."""
+    check_positive_int("steps", steps)
+    probe_at = set(probe_at)
+    if not probe_at or not all(isinstance(s, int) and 0 <= s < steps for s in probe_at):
+        raise ValueError(f"probe_at must hold step numbers in [0, steps={steps}); got {sorted(probe_at)!r}.")
+    torch.manual_seed(seed)
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+    params = [p for p in model.parameters() if p.requires_grad]
+    records = []
+    for step, (xb, yb) in zip(range(steps), batches(split, batch_size, seed)):
+        if step in probe_at:
+            with preserved_state(model), untouched_rng(xb.device):
+                probe = along_gradient(lambda: F.cross_entropy(model(xb), yb), params, step_sizes)
+            records += [
+                {"step": step, "step_size": eta, "loss": loss, "grad_change": change, "grad_norm": probe.grad_norm}
+                for eta, loss, change in zip(probe.step_sizes, probe.losses, probe.grad_changes)
+            ]
+        sgd_step(model, optimizer, xb, yb)
+    return records
+
+
+def landscape_summary(records: list[dict]) -> list[dict]:
+    """Per probe (records grouped by every key except the per-step-size ones): ``loss_range``, ``max_grad_change``
+    and ``beta`` (see ``GradientProbe``)."""
+    per_step = ("step_size", "loss", "grad_change", "grad_norm")
+    groups: dict[tuple, list[dict]] = {}
+    for r in records:
+        groups.setdefault(tuple((k, v) for k, v in r.items() if k not in per_step), []).append(r)
+    summary = []
+    for key, rows in groups.items():
+        probe = GradientProbe(
+            tuple(r["step_size"] for r in rows), float("nan"), rows[0]["grad_norm"],
+            tuple(r["loss"] for r in rows), tuple(r["grad_change"] for r in rows),
+        )
+        summary.append({**dict(key), "loss_range": probe.loss_range, "max_grad_change": probe.max_grad_change, "beta": probe.beta})
+    return summary
+
+
+# --- 3. larger learning rates -------------------------------------------------------------------------------------
+
+
+def diverged(final_loss: float) -> bool:
+    """Whether a run's final training loss is not finite or no better than guessing among ten classes."""
+    return not math.isfinite(final_loss) or final_loss >= CHANCE_LOSS
+
+
+def lr_sweep(
+    variants: dict[str, MLPConfig], lrs, config: TrainConfig, data: Dataset, seeds, **run_options
+) -> list[dict]:
+    """Train every variant at every learning rate with every seed (cached runs, ``bnlab.experiments.run``).
+    A diverging run is recorded, not raised. Records: ``variant``, ``lr``, ``seed``, ``test_acc``,
+    ``final_loss``, ``diverged``, ``dataset``."""
+    lrs, seeds = tuple(lrs), tuple(seeds)
+    if not lrs or any(not (isinstance(lr, (int, float)) and lr > 0) for lr in lrs):
+        raise ValueError(f"lrs must be one or more positive numbers; got {lrs!r}.")
+    if not seeds:
+        raise ValueError("seeds is empty: give at least one seed.")
+    records = []
+    for label, model_config in variants.items():
+        for lr in lrs:
+            for seed in seeds:
+                train_config = replace(config, lr=float(lr), seed=seed)
+                history = run(model_config, train_config, data, **run_options)
+                loss = history.final.loss
+                records.append({
+                    "variant": label, "lr": float(lr), "seed": seed, "test_acc": history.test_acc,
+                    "final_loss": loss, "diverged": diverged(loss), "dataset": history.dataset,
+                })
+    return records
+
+
+# --- 4. scale invariance and the effective learning rate ------------------------------------------------------------
+
+
+def hidden_linears(model: nn.Sequential) -> list[nn.Linear]:
+    """The Linear layers that a BatchNorm follows directly (their weights are scale-invariant)."""
+    layers = list(model)
+    return [m for m, nxt in zip(layers, layers[1:]) if isinstance(m, nn.Linear) and isinstance(nxt, nn.BatchNorm1d)]
+
+
+@dataclass(frozen=True)
+class ScaleCheck:
+    """What scaling one weight matrix before BatchNorm by ``factor`` does, on one batch in train mode."""
+
+    factor: float
+    output_difference: float  # max |f_scaled(x) - f(x)| over the batch's logits
+    gradient_ratio: float  # |grad of the scaled weight| / |grad of the original weight|
+    gradient_error: float  # max |factor * grad_scaled - grad| / max |grad|
+    orthogonality: float  # max over units of |w . g| / (|w| |g|), for the original weight
+
+
+def scale_check(model: nn.Sequential, layer: int, factor: float, xb: torch.Tensor, yb: torch.Tensor) -> ScaleCheck:
+    """Scale the weight of hidden Linear ``layer`` (0-based, among ``hidden_linears``) of a copy of ``model`` by
+    ``factor`` and compare outputs and gradients on one batch. ``model`` is not changed."""
+    if not (isinstance(factor, (int, float)) and factor > 0):
+        raise ValueError(f"factor must be a positive number; got {factor!r}.")
+    count = len(hidden_linears(model))
+    if not (isinstance(layer, int) and 0 <= layer < count):
+        raise ValueError(f"layer must be an index in [0, {count}) (Linear layers followed by BatchNorm); got {layer!r}.")
+    results = []
+    for c in (1.0, float(factor)):
+        twin = copy.deepcopy(model).train()
+        weight = hidden_linears(twin)[layer].weight
+        with torch.no_grad():
+            weight.mul_(c)
+        out = twin(xb)
+        F.cross_entropy(out, yb).backward()
+        results.append((out.detach(), weight.detach(), weight.grad.detach()))
+    (out0, w0, g0), (out1, _, g1) = results
+    dots = (w0 * g0).sum(1).abs() / (w0.norm(dim=1) * g0.norm(dim=1)).clamp_min(1e-30)
+    return ScaleCheck(
+        factor=float(factor),
+        output_difference=(out1 - out0).abs().max().item(),
+        gradient_ratio=(g1.norm() / g0.norm()).item(),
+        gradient_error=((factor * g1 - g0).abs().max() / g0.abs().max()).item(),
+        orthogonality=dots.max().item(),
+    )
+
+
+def norm_run(
+    model: nn.Sequential,
+    split: Split,
+    *,
+    steps: int,
+    lr: float = 0.1,
+    weight_decay: float = 0.0,
+    batch_size: int = 256,
+    seed: int = 0,
+    every: int = 1,
+) -> list[dict]:
+    """Train with SGD (``weight_decay`` on every parameter, as ``torch.optim.SGD`` applies it) and record, every
+    ``every`` steps and for each hidden Linear before BatchNorm: ``weight_norm`` |W|, ``effective_lr``
+    (``lr`` / mean over units of |w_j|^2) and ``predicted_norm``, what ``|w'|^2 = (1 - lr wd)^2 |w|^2 + lr^2 |g|^2``
+    gives from the step before (``nan`` at step 0). Records also hold ``step`` and ``layer`` (from 1)."""
+    check_positive_int("steps", steps)
+    check_positive_int("every", every)
+    if not (isinstance(weight_decay, (int, float)) and weight_decay >= 0):
+        raise ValueError(f"weight_decay must be a number >= 0; got {weight_decay!r}.")
+    torch.manual_seed(seed)
+    weights = [m.weight for m in hidden_linears(model)]
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, weight_decay=weight_decay)
+
+    def record(step, predicted):
+        for i, w in enumerate(weights):
+            rows_sq = (w.detach() ** 2).sum(1)
+            records.append({
+                "step": step, "layer": i + 1, "weight_norm": rows_sq.sum().sqrt().item(),
+                "effective_lr": lr / rows_sq.mean().item(), "predicted_norm": predicted[i],
+            })
+
+    records: list[dict] = []
+    record(0, [float("nan")] * len(weights))
+    for step, (xb, yb) in zip(range(1, steps + 1), batches(split, batch_size, seed)):
+        before = [(w.detach() ** 2).sum().item() for w in weights]
+        sgd_step(model, optimizer, xb, yb)
+        if step % every == 0 or step == steps:
+            grads_sq = [(w.grad**2).sum().item() for w in weights]
+            shrink = (1 - lr * weight_decay) ** 2
+            record(step, [math.sqrt(shrink * b + lr**2 * g) for b, g in zip(before, grads_sq)])
+    return records
+
+
+def scaled_twin_difference(
+    model: nn.Sequential,
+    split: Split,
+    *,
+    factor: float,
+    steps: int,
+    lr: float = 0.1,
+    compensate: bool = True,
+    batch_size: int = 256,
+    seed: int = 0,
+) -> float:
+    """Train ``model`` and a twin whose weights before BatchNorm are ``factor`` times larger on the same batches;
+    with ``compensate``, those weights of the twin get the learning rate ``lr * factor**2``. Returns the largest
+    difference of the two models' logits on the last batch (train mode).
+
+    Compensated, the twin's weights stay ``factor`` times the original's at every step, since its gradient is
+    ``1 / factor`` times as large: ``c w - (lr c^2)(g / c) = c (w - lr g)``. The two compute the same function up
+    to BatchNorm's ``eps`` (``BN(c z)`` equals ``BN(z)`` only when ``eps`` is negligible next to ``c^2 var(z)``)."""
+    check_positive_int("steps", steps)
+    if not (isinstance(factor, (int, float)) and factor > 0):
+        raise ValueError(f"factor must be a positive number; got {factor!r}.")
+    twin = copy.deepcopy(model)
+    scaled = [m.weight for m in hidden_linears(twin)]
+    with torch.no_grad():
+        for w in scaled:
+            w.mul_(factor)
+    scaled_ids = {id(w) for w in scaled}
+    others = [p for p in twin.parameters() if id(p) not in scaled_ids]
+    twin_lr = lr * factor**2 if compensate else lr
+    optimizers = [
+        torch.optim.SGD(model.parameters(), lr=lr),
+        torch.optim.SGD([{"params": scaled, "lr": twin_lr}, {"params": others, "lr": lr}]),
+    ]
+    for _, (xb, yb) in zip(range(steps), batches(split, batch_size, seed)):
+        for m, opt in zip((model, twin), optimizers):
+            sgd_step(m, opt, xb, yb)
+    with torch.no_grad():
+        return (model.train()(xb) - twin.train()(xb)).abs().max().item()
