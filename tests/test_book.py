@@ -52,6 +52,8 @@ CITATION_KEYS = {
     "bjorck2018understanding",
     "kohler2019exponential",
     "wu2021rethinking",
+    "vanlaarhoven2017l2",
+    "luo2019towards",
     "pytorch_batchnorm1d",
     "caffenet_benchmark",
 }

@@ -50,6 +50,11 @@ VARIANTS = {  # the chapter's three networks: label -> (MLPConfig, noise after B
 LEARNING_RATES = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
 STEP_SIZES = (0.025, 0.05, 0.1, 0.2, 0.4)  # the landscape probe's: a quarter to four times the lecture's lr 0.1
 WEIGHT_DECAYS = (0.0, 0.001, 0.01)
+LANDSCAPE_MEASURES = {  # landscape_summary's columns, as the chapter names them
+    "loss_range": "loss range over the step sizes",
+    "max_grad_change": "largest gradient change",
+    "beta": "effective β-smoothness",
+}
 
 
 def check_positive_int(name: str, value) -> None:
@@ -104,6 +109,32 @@ def probe_points(steps: int, count: int) -> list[int]:
     for k in range(count - 1):
         points.add(round(first * (last / first) ** (k / max(count - 2, 1))) if first > 0 else 0)
     return sorted(points)
+
+
+# --- tidy records -------------------------------------------------------------------------------------------------
+
+
+def select(records: list[dict], **where) -> list[dict]:
+    """The records whose fields equal every ``where`` value."""
+    return [r for r in records if all(r[k] == v for k, v in where.items())]
+
+
+def seed_means(records: list[dict], value: str, *, by: str = "variant", **where) -> dict:
+    """``{group: (mean of value over the seed's records, one per seed in ascending order)}``, after ``select``:
+    one number per seed and group, ready for ``bnlab.stats.compare``."""
+    sums: dict = {}
+    for r in select(records, **where):
+        sums.setdefault(r[by], {}).setdefault(r["seed"], []).append(r[value])
+    return {group: tuple(sum(v) / len(v) for _, v in sorted(seeds.items())) for group, seeds in sums.items()}
+
+
+def curve(records: list[dict], x: str, value: str, **where) -> tuple[list, list[float]]:
+    """``value`` averaged over the selected records at each ``x`` (e.g. over seeds at each step), ``x`` ascending."""
+    points: dict = {}
+    for r in select(records, **where):
+        points.setdefault(r[x], []).append(r[value])
+    xs = sorted(points)
+    return xs, [sum(points[k]) / len(points[k]) for k in xs]
 
 
 # --- the plain loop -----------------------------------------------------------------------------------------------

@@ -115,13 +115,14 @@ class Comparison:
     def describe(self, a_label: str, b_label: str, unit: str = "points") -> str:
         """One sentence on what the seeds support."""
         low, high = self.ci
-        interval = f"{self.level:.0%} CI {low:+.2f} to {high:+.2f} {unit}, p = {self.p:.2g}, {self.n} seeds"
+        unit = f" {unit}" if unit else ""
+        interval = f"{self.level:.0%} CI {low:+.3g} to {high:+.3g}{unit}, p = {self.p:.2g}, {self.n} seeds"
         if self.supported:
             direction = "higher" if self.difference > 0 else "lower"
-            return f"{a_label} is {direction} than {b_label} by {abs(self.difference):.2f} {unit} ({interval})."
+            return f"{a_label} is {direction} than {b_label} by {abs(self.difference):.3g}{unit} ({interval})."
         return (
             f"The seeds do not support a difference between {a_label} and {b_label}: "
-            f"{self.difference:+.2f} {unit} ({interval})."
+            f"{self.difference:+.3g}{unit} ({interval})."
         )
 
 
