@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch import nn
 
-from bnlab.models import MLPConfig, build_mlp, count_parameters
+from bnlab.models import MLPConfig, build_mlp, build_model, count_parameters
 
 
 def layer_types(model):
@@ -83,3 +83,18 @@ def test_invalid_config_names_the_field_and_allowed_values(kwargs, field):
 def test_placement_error_lists_the_allowed_values():
     with pytest.raises(ValueError, match="'none', 'before', 'after'"):
         MLPConfig(placement="middle")
+
+
+def test_build_model_builds_the_mlp_an_mlp_config_describes():
+    config = MLPConfig(hidden=(20, 10), placement="after", dropout=0.2)
+    torch.manual_seed(0)
+    built = build_model(config)
+    torch.manual_seed(0)
+    expected = build_mlp(config)
+    assert layer_types(built) == layer_types(expected)
+    assert all(torch.equal(a, b) for a, b in zip(built.state_dict().values(), expected.state_dict().values()))
+
+
+def test_build_model_refuses_what_is_not_a_model_config():
+    with pytest.raises(ValueError, match="got dict"):
+        build_model({"hidden": (75, 45)})

@@ -98,6 +98,13 @@ def build_mlp(config: MLPConfig = MLPConfig()) -> nn.Sequential:
     return model
 
 
+def build_model(config) -> nn.Module:
+    """The model a configuration describes: ``build_mlp`` for an ``MLPConfig``."""
+    if isinstance(config, MLPConfig):
+        return build_mlp(config)
+    raise ValueError(f"build_model needs a model configuration such as MLPConfig; got {type(config).__name__}.")
+
+
 def count_parameters(model: nn.Module) -> int:
     """Number of learnable parameters (buffers such as ``running_mean`` are not parameters)."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
