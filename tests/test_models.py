@@ -85,16 +85,20 @@ def test_placement_error_lists_the_allowed_values():
         MLPConfig(placement="middle")
 
 
-def test_build_model_builds_the_mlp_an_mlp_config_describes():
-    config = MLPConfig(hidden=(20, 10), placement="after", dropout=0.2)
-    torch.manual_seed(0)
-    built = build_model(config)
-    torch.manual_seed(0)
-    expected = build_mlp(config)
-    assert layer_types(built) == layer_types(expected)
-    assert all(torch.equal(a, b) for a, b in zip(built.state_dict().values(), expected.state_dict().values()))
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"hidden": 75}, {"hidden": "75"}, {"hidden": (True, 45)}, {"hidden": (75.0,)}, {"in_features": True},
+     {"num_classes": False}, {"init_std": float("inf")}, {"init_std": float("nan")}, {"dropout": float("nan")},
+     {"dropout": True}, {"bias": 1}],
+    ids=repr,
+)
+def test_invalid_model_config_raises_a_value_error_naming_the_field(kwargs):
+    (field,) = kwargs
+    with pytest.raises(ValueError, match=f"MLPConfig.{field} must"):
+        MLPConfig(**kwargs)
 
 
-def test_build_model_refuses_what_is_not_a_model_config():
-    with pytest.raises(ValueError, match="got dict"):
-        build_model({"hidden": (75, 45)})
+def test_build_model_builds_an_mlp_and_rejects_what_it_does_not_know():
+    assert str(build_model(MLPConfig(hidden=(8,)))) == str(build_mlp(MLPConfig(hidden=(8,))))
+    with pytest.raises(ValueError, match="build_model needs"):
+        build_model({"hidden": (8,)})
