@@ -458,3 +458,27 @@ def test_run_variants_shows_one_progress_bar_per_variant(small_data, tmp_path, t
     assert "BN before: " in shown and "BN after: " in shown and "0/2" in shown
     run_variants({"BN before": MLPConfig()}, SHORT, small_data, (1, 2), cache=tmp_path)
     assert capsys.readouterr().err == ""  # everything cached: no bar
+
+
+def test_stacked_seeds_are_cached_apart_from_seeds_trained_alone_and_with_their_stack(small_data, tmp_path,
+                                                                                     monkeypatch):
+    from bnlab.fast import stacked as stacked_module
+
+    calls = []
+    real = stacked_module.train_stacked
+
+    def counting(model_config, data, config, seeds, **kwargs):
+        calls.append(seeds)
+        return real(model_config, data, config, seeds, **kwargs)
+
+    monkeypatch.setattr(stacked_module, "train_stacked", counting)
+    stacked = run_seeds(MLPConfig(), SHORT, small_data, (2, 1), cache=tmp_path, device="cpu", stacked=True)[::-1]
+    alone = run_seeds(MLPConfig(), SHORT, small_data, (1, 2), cache=tmp_path, device="cpu", workers=1)
+    assert len(list(tmp_path.glob("run-*.json"))) == 4
+    for s, a in zip(stacked, alone):
+        assert s.final.loss == pytest.approx(a.final.loss, rel=1e-5) and s.threads == a.threads
+    assert run_seeds(MLPConfig(), SHORT, small_data, (1, 2), cache=tmp_path, device="cpu", stacked=True) == stacked
+    assert calls == [(1, 2)]  # from the cache
+    with_model = run_seeds_with_models(MLPConfig(), SHORT, small_data, (2,), cache=tmp_path, device="cpu", stacked=True)
+    assert calls == [(1, 2), (2,)]  # another stack: trained anew
+    assert with_model[0][1].final.loss == pytest.approx(stacked[1].final.loss, rel=1e-5)

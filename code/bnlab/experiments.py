@@ -14,7 +14,8 @@ cores divided between them: ``workers`` processes (argument, else ``$BNLAB_WORKE
 uses) of ``threads // workers`` threads each. Every seed computes with that thread count wherever it runs (in a
 worker, alone, or in this process where processes cannot start), so its result does not depend on which seeds
 run beside it or on what was cached. ``workers=1`` trains in this process with all threads: a different thread
-count, so different bits and a different cache entry. On a GPU the seeds run one after another in this process.
+count, so different bits and a different cache entry. On a GPU the seeds run one after another in this process;
+``stacked=True`` (opt-in) trains a variant's seeds together as one stacked model instead (``bnlab.fast.stacked``).
 
 The cache lives in ``$BNLAB_CACHE``, else ``~/.cache/bnlab``.
 """
@@ -70,8 +71,10 @@ def run_threads(device: torch.device, threads: int | None = None) -> int | None:
     return threads
 
 
-def run_key(model_config, train_config: TrainConfig, data: Dataset, *, device=None, threads: int | None = None) -> str:
-    """The cache key: everything that can change the result (see the module's docstring)."""
+def run_key(model_config, train_config: TrainConfig, data: Dataset, *, device=None, threads: int | None = None,
+            stacked: tuple[int, ...] | None = None) -> str:
+    """The cache key: everything that can change the result (see the module's docstring). ``stacked``: the seeds
+    a run was stacked with (``bnlab.fast.stacked``: its bits depend on them)."""
     check_model_config(model_config)
     device = pick_device(device)
     spec = {
@@ -84,30 +87,36 @@ def run_key(model_config, train_config: TrainConfig, data: Dataset, *, device=No
         "torch": torch.__version__.split("+")[0],
         "device": device.type,
         "threads": run_threads(device, threads),
+        "stacked": None if stacked is None else sorted(stacked),
     }
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:24]
 
 
-def cache_paths(model_config, train_config, data, *, cache=None, device=None, threads=None) -> tuple[Path, Path]:
+def cache_paths(model_config, train_config, data, *, cache=None, device=None, threads=None,
+                stacked=None) -> tuple[Path, Path]:
     """Where a run's history (``run-<key>.json``) and trained weights (``model-<key>.pt``) are stored."""
-    key = run_key(model_config, train_config, data, device=device, threads=threads)
+    key = run_key(model_config, train_config, data, device=device, threads=threads, stacked=stacked)
     folder = cache_dir(cache)
     return folder / f"run-{key}.json", folder / f"model-{key}.pt"
 
 
 def train_and_store(model_config, train_config, data, history_path: Path, weights_path: Path | None, *,
                     device, threads: int | None, progress: bool = False) -> tuple[nn.Module, History]:
-    """Train one run with ``threads`` CPU threads and store it: the weights first (if ``weights_path``), then the
-    history, which marks the entry complete."""
+    """Train one run with ``threads`` CPU threads and store it."""
     with using_threads(threads):
         model, history = train_model(model_config, data, train_config, device=device, progress=progress)
+    store(model, history, history_path, weights_path)
+    return model, history
+
+
+def store(model: nn.Module, history: History, history_path: Path, weights_path: Path | None) -> None:
+    """Store a run: the weights first (if ``weights_path``), then the history, which marks the entry complete."""
     if weights_path is not None:
         weights_path.parent.mkdir(parents=True, exist_ok=True)
         tmp = weights_path.with_name(f".{weights_path.name}.{os.getpid()}.tmp")
         torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp)
         os.replace(tmp, weights_path)
     write_json_atomic(history_path, history.to_dict())
-    return model, history
 
 
 def run(model_config, train_config: TrainConfig, data: Dataset, *, cache=None, device=None, progress: bool = False,
@@ -150,22 +159,13 @@ def load_with_model(model_config, history_path: Path, weights_path: Path) -> tup
     return model, history
 
 
-def read_json(path: Path) -> dict | None:
-    """The JSON stored at ``path``, or ``None`` if it is absent or unreadable (then it is recomputed)."""
-    try:
-        return json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
-        return None
-
-
 def read_history(path: Path) -> History | None:
-    """The ``History`` stored at ``path``, or ``None`` if it is absent, unreadable or not a whole History."""
-    stored = read_json(path)
-    if stored is None:
-        return None
+    """The ``History`` stored at ``path``, or ``None`` if it is absent, unreadable or not a whole History (then
+    it is recomputed)."""
     try:
-        history = History.from_dict(stored)
-    except (KeyError, TypeError, ValueError, AttributeError):
+        history = History.from_dict(json.loads(path.read_text()))
+    except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError,
+            AttributeError):
         return None
     return history if history.epochs and history.test_acc is not None else None
 
@@ -229,22 +229,26 @@ def train_task(task: Task, data: Dataset) -> History:
 
 
 def run_many(variants: dict, train_config: TrainConfig, data: Dataset, seeds, *, cache=None, device=None,
-             workers: int | None = None, progress: bool = True, with_models: bool = False) -> dict[str, list]:
+             workers: int | None = None, progress: bool = True, with_models: bool = False,
+             stacked: bool = False) -> dict[str, list]:
     """``{label: [History per seed]}`` (or ``[(model, History)]`` with ``with_models``) for every variant and seed,
-    training what is not cached; see the module's docstring for where and with how many threads."""
+    training what is not cached; see the module's docstring for where and with how many threads. ``stacked``
+    trains each MLP variant's seeds together in this process (``bnlab.fast.stacked``, opt-in): they equal the
+    seeds trained alone only up to rounding, so they have their own cache entries, keyed with the seeds stacked."""
     seeds = tuple(seeds)
     if not seeds:
         raise ValueError("seeds is empty: give at least one seed.")
     if len(set(seeds)) != len(seeds):
         raise ValueError(f"seeds must not repeat; got {seeds}.")
     device = pick_device(device)
-    workers = seed_workers(workers, device)
+    workers = 1 if stacked else seed_workers(workers, device)
     threads = run_threads(device, max(1, torch.get_num_threads() // workers) if device.type == "cpu" else None)
     found, tasks = {}, []
     for label, model_config in variants.items():
         for seed in seeds:
             config = dataclasses.replace(train_config, seed=seed)
-            history_path, weights_path = cache_paths(model_config, config, data, cache=cache, device=device, threads=threads)
+            history_path, weights_path = cache_paths(model_config, config, data, cache=cache, device=device,
+                                                     threads=threads, stacked=seeds if stacked else None)
             stored = (load_with_model(model_config, history_path, weights_path) if with_models
                       else read_history(history_path))
             if stored is not None:
@@ -256,7 +260,10 @@ def run_many(variants: dict, train_config: TrainConfig, data: Dataset, seeds, *,
                         unit="seed", leave=False, disable=not (progress and tasks))
             for label in variants}
     try:
-        for task, history in _workers.results(train_task, tasks, data, workers=workers, threads=threads):
+        if stacked:
+            found.update(train_stacked_tasks(tasks, variants, train_config, data, seeds, cache=cache, device=device,
+                                             threads=threads, bars=bars, with_models=with_models, progress=progress))
+        for task, history in _workers.results(train_task, [] if stacked else tasks, data, workers=workers, threads=threads):
             found[task.label, task.seed] = (load_with_model(task.model_config, task.history_path, task.weights_path)
                                             if with_models else history)
             bars[task.label].update()
@@ -266,6 +273,25 @@ def run_many(variants: dict, train_config: TrainConfig, data: Dataset, seeds, *,
     if with_models:
         return {label: [(found[label, s][0].to(device), found[label, s][1]) for s in seeds] for label in variants}
     return {label: [found[label, s] for s in seeds] for label in variants}
+
+
+def train_stacked_tasks(tasks: list[Task], variants: dict, train_config, data, seeds, *, cache, device, threads,
+                        bars: dict, with_models: bool, progress: bool) -> dict:
+    """Every variant with a seed missing trains all its seeds stacked (a seed's bits depend on its stack)."""
+    from .fast.stacked import train_stacked
+
+    found, seeds = {}, tuple(sorted(seeds))  # stacked in one order, whatever order they were asked in
+    for label in dict.fromkeys(task.label for task in tasks):
+        with using_threads(threads):
+            trained = train_stacked(variants[label], data, train_config, seeds, device=device, progress=progress)
+        for seed, (model, history) in zip(seeds, trained):
+            config = dataclasses.replace(train_config, seed=seed)
+            history_path, weights_path = cache_paths(variants[label], config, data, cache=cache, device=device,
+                                                     threads=threads, stacked=seeds)
+            store(model, history, history_path, weights_path if with_models else None)
+            found[label, seed] = (model, history) if with_models else history
+        bars[label].update(sum(task.label == label for task in tasks))
+    return found
 
 
 def run_seeds(model_config, train_config: TrainConfig, data: Dataset, seeds, **kwargs) -> list[History]:
