@@ -50,7 +50,7 @@ class CountingTrainer:
     def __init__(self):
         self.calls = []
 
-    def __call__(self, model_config, data, config, *, device=None, progress=True):
+    def __call__(self, model_config, data, config, *, device=None, progress=True, engine=None):
         self.calls.append((model_config, config, data.name))
         return None, fake_history(data.name, losses=(1.0, 1.0 / len(self.calls)), test_acc=float(len(self.calls)))
 

@@ -38,6 +38,7 @@ from tqdm.auto import tqdm
 from . import _workers
 from ._workers import using_threads
 from .data import Dataset
+from .fast import default_engine
 from .models import build_model
 from .stats import Comparison, Spread, compare, format_p
 from .training import History, TrainConfig, pick_device, train_model
@@ -104,7 +105,8 @@ def train_and_store(model_config, train_config, data, history_path: Path, weight
                     device, threads: int | None, progress: bool = False) -> tuple[nn.Module, History]:
     """Train one run with ``threads`` CPU threads and store it."""
     with using_threads(threads):
-        model, history = train_model(model_config, data, train_config, device=device, progress=progress)
+        model, history = train_model(model_config, data, train_config, device=device, progress=progress,
+                                     engine=default_engine())
     store(model, history, history_path, weights_path)
     return model, history
 
