@@ -9,7 +9,7 @@ from torch import nn
 from bnlab import explanations as ex
 from bnlab.data import Split
 from bnlab.models import MLPConfig, build_mlp
-from bnlab.training import TrainConfig
+from bnlab.training import TrainConfig, train_model
 
 
 def state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -162,9 +162,9 @@ def test_probing_the_landscape_does_not_change_the_training_run(split):
     records = ex.landscape_run(probed, split, steps=6, probe_at=[0, 3], step_sizes=(0.1, 0.4), seed=4)
     ex.landscape_run(plain, split, steps=6, probe_at=[5], step_sizes=(0.1,), seed=4)
     reference = ex.build_variant("BatchNorm", 4)
-    optimizer = torch.optim.SGD(reference.parameters(), lr=0.1)
+    step = ex.sgd(reference, 0.1)
     for _, (xb, yb) in zip(range(6), ex.batches(split, 256, 4)):
-        ex.sgd_step(reference, optimizer, xb, yb)
+        step(xb, yb)
     assert same_state(state(probed), state(reference)) and same_state(state(plain), state(reference))
     assert [(r["step"], r["step_size"]) for r in records] == [(0, 0.1), (0, 0.4), (3, 0.1), (3, 0.4)]
     with pytest.raises(ValueError, match="probe_at"):
@@ -185,19 +185,28 @@ def test_landscape_summary_gives_one_row_per_probe_with_range_change_and_beta():
 # --- 3. learning rates ---------------------------------------------------------------------------------------------
 
 
-def test_diverged_means_not_finite_or_no_better_than_guessing():
-    assert ex.diverged(float("nan")) and ex.diverged(float("inf")) and ex.diverged(math.log(10))
-    assert not ex.diverged(0.5)
+def test_diverged_means_not_finite_or_no_lower_than_at_the_start():
+    assert ex.diverged(float("nan"), 2.3) and ex.diverged(float("inf"), 2.3) and ex.diverged(2.4, 2.3)
+    assert not ex.diverged(2.29, 2.3)
 
 
-def test_lr_sweep_records_a_diverging_run_instead_of_raising(small_data, tmp_path):
+def test_start_loss_is_the_loss_of_the_model_training_starts_from(small_data):
+    loss = ex.start_loss(MLPConfig(), small_data, seed=3, batch_size=100)
+    assert 2.0 < loss < 2.8  # about ln 10: an untrained network guesses
+    # An epoch with a vanishing learning rate measures the same model's loss over the same images (in another order).
+    _, history = train_model(MLPConfig(), small_data, TrainConfig(epochs=1, batch_size=100, lr=1e-9, seed=3), progress=False)
+    assert history.final.loss == pytest.approx(loss, rel=1e-3)
+    assert ex.start_loss(MLPConfig(), small_data, seed=4, batch_size=100) != loss
+
+
+def test_lr_sweep_records_a_diverging_run_instead_of_raising_and_a_slow_one_as_not_diverged(small_data, tmp_path):
     records = ex.lr_sweep(
-        {"without BatchNorm": MLPConfig(placement="none")}, (0.1, 1e4), TrainConfig(epochs=1, batch_size=100),
+        {"without BatchNorm": MLPConfig(placement="none")}, (1e-4, 0.1, 1e4), TrainConfig(epochs=1, batch_size=100),
         small_data, (1, 2), cache=tmp_path,
     )
-    assert [(r["lr"], r["seed"]) for r in records] == [(0.1, 1), (0.1, 2), (1e4, 1), (1e4, 2)]
+    assert [(r["lr"], r["seed"]) for r in records] == [(1e-4, 1), (1e-4, 2), (0.1, 1), (0.1, 2), (1e4, 1), (1e4, 2)]
     assert all(r["diverged"] for r in records if r["lr"] == 1e4)
-    assert not any(r["diverged"] for r in records if r["lr"] == 0.1)
+    assert not any(r["diverged"] for r in records if r["lr"] < 1)  # 1e-4 learns slowly, but it does not diverge
     assert all(0 <= r["test_acc"] <= 100 and r["dataset"] == small_data.name for r in records)
     with pytest.raises(ValueError, match="lrs"):
         ex.lr_sweep({"x": MLPConfig()}, (0.1, -1.0), TrainConfig(epochs=1), small_data, (1,), cache=tmp_path)

@@ -1,8 +1,9 @@
 """Why does BatchNorm help? Four explanations from the literature, each as a measurement on the course's MLP.
 
 Every function computes and returns data (tidy records: one dict per measurement); the chapter draws them.
-The experiments that need a measurement at every step train with the plain loop below (``sgd_steps``:
-``torch.optim.SGD``, batches in ``BatchLoader``'s order); the learning-rate sweep uses ``bnlab.experiments``.
+The experiments that need a measurement at every step run the course's plain step (``bnlab.training.PlainStep``,
+``torch.optim.SGD``) on batches in ``BatchLoader``'s order (``batches``); the learning-rate sweep trains cached
+runs with ``bnlab.experiments``.
 
 1. **Internal covariate shift** (Ioffe & Szegedy 2015). After every step, the per-unit mean ``m`` and standard
    deviation ``s`` of a hidden layer's input on a fixed probe batch; the shift between steps ``t`` and ``t + 1`` is
@@ -17,7 +18,7 @@ The experiments that need a measurement at every step train with the plain loop 
    sizes ``eta``: the loss ``L(w - eta g)``, the gradient change ``|grad L(w - eta g) - grad L(w)|`` and the
    effective beta-smoothness ``max_eta |grad L(w - eta g) - grad L(w)| / |eta g|``.
 3. **Larger learning rates** (Bjorck et al. 2018). A sweep over learning rates; a run *diverged* when its final
-   training loss is not finite or no lower than guessing (``ln 10`` for ten classes).
+   training loss is not finite or no lower than the loss it started from.
 4. **Scale invariance** (van Laarhoven 2017; Kohler et al. 2019). For a weight ``W`` followed by BatchNorm,
    ``BN((cW) x) = BN(W x)`` and ``grad_{cW} L = grad_W L / c``; each unit's weight row ``w`` is orthogonal to its
    gradient, so one SGD step with weight decay ``lambda`` gives exactly
@@ -36,12 +37,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from .data import BatchLoader, Dataset, Split
-from .experiments import run
-from .models import MLPConfig, build_mlp
+from .experiments import run_many
+from .models import MLPConfig, build_mlp, is_finite_number, is_integer
 from .modes import preserved_state
-from .training import TrainConfig
+from .training import PlainStep, TrainConfig
 
-CHANCE_LOSS = math.log(10)  # cross-entropy of a uniform guess over ten classes
 VARIANTS = {  # the chapter's three networks: label -> (MLPConfig, noise after BatchNorm?)
     "without BatchNorm": (MLPConfig(placement="none"), False),
     "BatchNorm": (MLPConfig(), False),
@@ -58,7 +58,7 @@ LANDSCAPE_MEASURES = {  # landscape_summary's columns, as the chapter names them
 
 
 def check_positive_int(name: str, value) -> None:
-    if not (isinstance(value, int) and not isinstance(value, bool) and value > 0):
+    if not (is_integer(value) and value > 0):
         raise ValueError(f"{name} must be a positive integer; got {value!r}.")
 
 
@@ -147,13 +147,9 @@ def batches(split: Split, batch_size: int, seed: int):
         yield from loader
 
 
-def sgd_step(model: nn.Module, optimizer: torch.optim.Optimizer, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
-    """One plain SGD step on a batch; returns the batch loss before the step."""
-    loss = F.cross_entropy(model(xb), yb)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
-    return loss.detach()
+def sgd(model: nn.Module, lr: float, weight_decay: float = 0.0) -> PlainStep:
+    """The plain SGD step on ``model``: ``step(xb, yb)`` trains on one batch and returns its loss."""
+    return PlainStep(model, torch.optim.SGD(model.parameters(), lr=lr, weight_decay=weight_decay))
 
 
 def build_variant(label: str, seed: int, **noise) -> nn.Sequential:
@@ -183,9 +179,9 @@ class ShiftNoise(nn.Module):
     def __init__(self, num_features: int, *, shift: float = 1.0, scale: tuple[float, float] = (0.5, 1.5)):
         super().__init__()
         check_positive_int("num_features", num_features)
-        if not (isinstance(shift, (int, float)) and shift >= 0):
-            raise ValueError(f"shift must be a number >= 0; got {shift!r}.")
-        if not (len(scale) == 2 and 0 < scale[0] <= scale[1]):
+        if not (is_finite_number(shift) and shift >= 0):
+            raise ValueError(f"shift must be a finite number >= 0; got {shift!r}.")
+        if not (len(scale) == 2 and all(is_finite_number(v) for v in scale) and 0 < scale[0] <= scale[1]):
             raise ValueError(f"scale must be (low, high) with 0 < low <= high; got {scale!r}.")
         self.num_features, self.shift, self.scale = num_features, float(shift), (float(scale[0]), float(scale[1]))
 
@@ -251,10 +247,10 @@ def shift_run(
     ``probe`` since the step before. Records: ``step``, ``layer``, ``position``, ``shift``."""
     check_positive_int("steps", steps)
     torch.manual_seed(seed)
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+    train_step = sgd(model, lr)
     records, before = [], input_moments(model, probe)
     for step, (xb, yb) in zip(range(1, steps + 1), batches(split, batch_size, seed)):
-        sgd_step(model, optimizer, xb, yb)
+        train_step(xb, yb)
         after = input_moments(model, probe)
         for (layer, position), moments in after.items():
             shift = distribution_shift(before[layer, position], moments)
@@ -341,7 +337,7 @@ def landscape_run(
     if not probe_at or not all(isinstance(s, int) and 0 <= s < steps for s in probe_at):
         raise ValueError(f"probe_at must hold step numbers in [0, steps={steps}); got {sorted(probe_at)!r}.")
     torch.manual_seed(seed)
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+    train_step = sgd(model, lr)
     params = [p for p in model.parameters() if p.requires_grad]
     records = []
     for step, (xb, yb) in zip(range(steps), batches(split, batch_size, seed)):
@@ -352,7 +348,7 @@ def landscape_run(
                 {"step": step, "step_size": eta, "loss": loss, "grad_change": change, "grad_norm": probe.grad_norm}
                 for eta, loss, change in zip(probe.step_sizes, probe.losses, probe.grad_changes)
             ]
-        sgd_step(model, optimizer, xb, yb)
+        train_step(xb, yb)
     return records
 
 
@@ -376,34 +372,53 @@ def landscape_summary(records: list[dict]) -> list[dict]:
 # --- 3. larger learning rates -------------------------------------------------------------------------------------
 
 
-def diverged(final_loss: float) -> bool:
-    """Whether a run's final training loss is not finite or no better than guessing among ten classes."""
-    return not math.isfinite(final_loss) or final_loss >= CHANCE_LOSS
+def diverged(final_loss: float, start_loss: float) -> bool:
+    """Whether a run diverged: its final training loss is not finite or no lower than the loss it started from
+    (a run that learns slowly still ends lower; one that blew up does not)."""
+    return not math.isfinite(final_loss) or final_loss >= start_loss
+
+
+@torch.no_grad()
+def start_loss(model_config: MLPConfig, data: Dataset, seed: int, batch_size: int = 256) -> float:
+    """The mean training loss of the model ``train_model`` starts from with ``seed`` (seeded, then built), over the
+    training split's batches in train mode, as an epoch's loss is measured; BatchNorm's buffers are left alone."""
+    torch.manual_seed(seed)
+    model = build_mlp(model_config)
+    total, count = 0.0, 0
+    with preserved_state(model):
+        model.train()
+        for xb, yb in BatchLoader(data.train, batch_size, shuffle=False):
+            total += F.cross_entropy(model(xb), yb, reduction="sum").item()
+            count += len(yb)
+    return total / count
 
 
 def lr_sweep(
-    variants: dict[str, MLPConfig], lrs, config: TrainConfig, data: Dataset, seeds, **run_options
+    variants: dict[str, MLPConfig], lrs, config: TrainConfig, data: Dataset, seeds, *, workers: int = 1, **run_options
 ) -> list[dict]:
-    """Train every variant at every learning rate with every seed (cached runs, ``bnlab.experiments.run``).
-    A diverging run is recorded, not raised. Records: ``variant``, ``lr``, ``seed``, ``test_acc``,
-    ``final_loss``, ``diverged``, ``dataset``."""
+    """Train every variant at every learning rate with every seed, as cached runs (``bnlab.experiments.run_many``,
+    which gets ``workers`` and ``run_options``; with one worker, the runs train in this process: worker processes
+    would start anew for every learning rate). A diverging run is recorded, not raised.
+    Records: ``variant``, ``lr``, ``seed``, ``test_acc``, ``start_loss``, ``final_loss``, ``diverged``, ``dataset``."""
     lrs, seeds = tuple(lrs), tuple(seeds)
-    if not lrs or any(not (isinstance(lr, (int, float)) and lr > 0) for lr in lrs):
-        raise ValueError(f"lrs must be one or more positive numbers; got {lrs!r}.")
+    if not lrs or any(not (is_finite_number(lr) and lr > 0) for lr in lrs):
+        raise ValueError(f"lrs must be one or more finite positive numbers; got {lrs!r}.")
     if not seeds:
         raise ValueError("seeds is empty: give at least one seed.")
+    start = {(label, seed): start_loss(model, data, seed, config.batch_size) for label, model in variants.items() for seed in seeds}
     records = []
-    for label, model_config in variants.items():
-        for lr in lrs:
-            for seed in seeds:
-                train_config = replace(config, lr=float(lr), seed=seed)
-                history = run(model_config, train_config, data, **run_options)
+    for lr in lrs:
+        runs = run_many(variants, replace(config, lr=float(lr)), data, seeds, workers=workers,
+                        **{"progress": False, **run_options})
+        for label, histories in runs.items():
+            for seed, history in zip(seeds, histories):
                 loss = history.final.loss
                 records.append({
                     "variant": label, "lr": float(lr), "seed": seed, "test_acc": history.test_acc,
-                    "final_loss": loss, "diverged": diverged(loss), "dataset": history.dataset,
+                    "start_loss": start[label, seed], "final_loss": loss,
+                    "diverged": diverged(loss, start[label, seed]), "dataset": history.dataset,
                 })
-    return records
+    return sorted(records, key=lambda r: (list(variants).index(r["variant"]), r["lr"], seeds.index(r["seed"])))
 
 
 # --- 4. scale invariance and the effective learning rate ------------------------------------------------------------
@@ -429,10 +444,10 @@ class ScaleCheck:
 def scale_check(model: nn.Sequential, layer: int, factor: float, xb: torch.Tensor, yb: torch.Tensor) -> ScaleCheck:
     """Scale the weight of hidden Linear ``layer`` (0-based, among ``hidden_linears``) of a copy of ``model`` by
     ``factor`` and compare outputs and gradients on one batch. ``model`` is not changed."""
-    if not (isinstance(factor, (int, float)) and factor > 0):
-        raise ValueError(f"factor must be a positive number; got {factor!r}.")
+    if not (is_finite_number(factor) and factor > 0):
+        raise ValueError(f"factor must be a finite positive number; got {factor!r}.")
     count = len(hidden_linears(model))
-    if not (isinstance(layer, int) and 0 <= layer < count):
+    if not (is_integer(layer) and 0 <= layer < count):
         raise ValueError(f"layer must be an index in [0, {count}) (Linear layers followed by BatchNorm); got {layer!r}.")
     results = []
     for c in (1.0, float(factor)):
@@ -471,11 +486,11 @@ def norm_run(
     gives from the step before (``nan`` at step 0). Records also hold ``step`` and ``layer`` (from 1)."""
     check_positive_int("steps", steps)
     check_positive_int("every", every)
-    if not (isinstance(weight_decay, (int, float)) and weight_decay >= 0):
+    if not (is_finite_number(weight_decay) and weight_decay >= 0):
         raise ValueError(f"weight_decay must be a number >= 0; got {weight_decay!r}.")
     torch.manual_seed(seed)
     weights = [m.weight for m in hidden_linears(model)]
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr, weight_decay=weight_decay)
+    train_step = sgd(model, lr, weight_decay)
 
     def record(step, predicted):
         for i, w in enumerate(weights):
@@ -489,7 +504,7 @@ def norm_run(
     record(0, [float("nan")] * len(weights))
     for step, (xb, yb) in zip(range(1, steps + 1), batches(split, batch_size, seed)):
         before = [(w.detach() ** 2).sum().item() for w in weights]
-        sgd_step(model, optimizer, xb, yb)
+        train_step(xb, yb)
         if step % every == 0 or step == steps:
             grads_sq = [(w.grad**2).sum().item() for w in weights]
             shrink = (1 - lr * weight_decay) ** 2
@@ -516,8 +531,8 @@ def scaled_twin_difference(
     ``1 / factor`` times as large: ``c w - (lr c^2)(g / c) = c (w - lr g)``. The two compute the same function up
     to BatchNorm's ``eps`` (``BN(c z)`` equals ``BN(z)`` only when ``eps`` is negligible next to ``c^2 var(z)``)."""
     check_positive_int("steps", steps)
-    if not (isinstance(factor, (int, float)) and factor > 0):
-        raise ValueError(f"factor must be a positive number; got {factor!r}.")
+    if not (is_finite_number(factor) and factor > 0):
+        raise ValueError(f"factor must be a finite positive number; got {factor!r}.")
     twin = copy.deepcopy(model)
     scaled = [m.weight for m in hidden_linears(twin)]
     with torch.no_grad():
@@ -526,12 +541,12 @@ def scaled_twin_difference(
     scaled_ids = {id(w) for w in scaled}
     others = [p for p in twin.parameters() if id(p) not in scaled_ids]
     twin_lr = lr * factor**2 if compensate else lr
-    optimizers = [
-        torch.optim.SGD(model.parameters(), lr=lr),
-        torch.optim.SGD([{"params": scaled, "lr": twin_lr}, {"params": others, "lr": lr}]),
+    steps_of = [
+        sgd(model, lr),
+        PlainStep(twin, torch.optim.SGD([{"params": scaled, "lr": twin_lr}, {"params": others, "lr": lr}])),
     ]
     for _, (xb, yb) in zip(range(steps), batches(split, batch_size, seed)):
-        for m, opt in zip((model, twin), optimizers):
-            sgd_step(m, opt, xb, yb)
+        for train_step in steps_of:
+            train_step(xb, yb)
     with torch.no_grad():
         return (model.train()(xb) - twin.train()(xb)).abs().max().item()
