@@ -18,7 +18,8 @@ Modules, named for the ideas the chapters use:
 * ``running_stats``: the momentum average of the statistics, and precise BN (chapter 4).
 * ``modes``: train mode and eval mode, freezing BatchNorm while fine-tuning (chapter 5).
 * ``explanations``: why BatchNorm helps: covariate shift and noise after BatchNorm, the loss landscape along the
-  gradient, a learning-rate sweep, scale invariance and weight norms (chapter "Why does BatchNorm help?").
+  gradient, a learning-rate sweep (chapter "Why does BatchNorm help?"); ``scale_invariance``: a weight before
+  BatchNorm, its gradient, its norm and the effective learning rate (same chapter).
 * ``plots`` and ``widgets``: figures and interactive explorers.
 * ``exercises`` and ``grade``: the graded exercises' checks, and ``python -m bnlab.grade`` for instructors.
 * ``notebooks``: running notebooks with nbclient without sleeping through a kernel's message (grader, book build).
