@@ -4,8 +4,10 @@
 #               pytest over tests/ (bnlab's unit tests, the book in a headless browser, a Colab-like run) and
 #               every notebook in chapters/ under nbval
 #
-# Data: torchvision downloads MNIST into ./data. Where the official MNIST test-set files lie in
-# $(MNIST_T10K) (machines without internet), the offline "MNIST-10k subset" is built from them and used instead.
+# Data: where the official MNIST files lie beside the checkout ($(MNIST_TRAIN) and $(MNIST_T10K); machines
+# without internet), the full MNIST is built from them offline into data/mnist (python -m bnlab build-mnist) and
+# every notebook reads it there. With the test-set files alone, the offline "MNIST-10k subset" is built instead
+# (data/mnist-10k). With neither, torchvision downloads MNIST into ./data.
 #
 # Browser assets: the book serves MathJax and the Jupyter widgets HTML manager itself, so that it renders offline
 # and without third-party CDNs. npm installs the versions pinned in book/package-lock.json; the files the book
@@ -18,7 +20,9 @@ PYTHON ?= python3
 NPM ?= npm
 VENV ?= .venv
 BIN := $(VENV)/bin
+MNIST_TRAIN ?= ../shared/data/mnist-train
 MNIST_T10K ?= ../shared/data/mnist-t10k
+FULL_ROOT := data/mnist
 SUBSET_ROOT := data/mnist-10k
 STAMP := $(VENV)/.installed
 VENDOR := _build/vendor
@@ -47,11 +51,18 @@ $(VENDOR)/.installed: book/package.json book/package-lock.json
 		cp embed.js embed.js.LICENSE.txt *.woff2 *.woff *.ttf *.eot *.svg $(abspath $(VENDOR))/jupyter-widgets/
 	touch $@
 
-ifneq ($(wildcard $(MNIST_T10K)/t10k-images-idx3-ubyte.gz),)
+ifneq ($(wildcard $(MNIST_TRAIN)/train-images-idx3-ubyte.gz)$(wildcard $(MNIST_T10K)/t10k-images-idx3-ubyte.gz),)
+ifneq ($(wildcard $(MNIST_TRAIN)/train-images-idx3-ubyte.gz),)
+export BNLAB_DATA ?= $(abspath $(FULL_ROOT))
+data: $(FULL_ROOT)/MNIST/raw/train-images-idx3-ubyte
+$(FULL_ROOT)/MNIST/raw/train-images-idx3-ubyte: $(STAMP)
+	$(BIN)/python -m bnlab build-mnist --train-source $(MNIST_TRAIN) --test-source $(MNIST_T10K) --root $(FULL_ROOT)
+else
 export BNLAB_DATA ?= $(abspath $(SUBSET_ROOT))
 data: $(SUBSET_ROOT)/MNIST/bnlab-subset.json
 $(SUBSET_ROOT)/MNIST/bnlab-subset.json: $(STAMP)
 	$(BIN)/python -m bnlab build-subset --source $(MNIST_T10K) --root $(SUBSET_ROOT)
+endif
 else
 export BNLAB_DATA ?= $(abspath data)
 data:
