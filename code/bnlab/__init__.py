@@ -18,15 +18,16 @@ Modules, named for the ideas the chapters use:
 """
 
 from .data import DataError, Dataset, Split, load_mnist
-from .models import MLPConfig, build_mlp, count_parameters
+from .models import MLPConfig, build_mlp, build_model, count_parameters
 from .profiles import Profile, current_profile
-from .training import History, TrainConfig, accuracy, pick_device, train, train_mlp
+from .training import EpochStats, History, TrainConfig, accuracy, pick_device, train, train_mlp, train_model
 
 __version__ = "0.1.0"
 
 __all__ = [
     "DataError",
     "Dataset",
+    "EpochStats",
     "History",
     "MLPConfig",
     "Profile",
@@ -34,10 +35,12 @@ __all__ = [
     "TrainConfig",
     "accuracy",
     "build_mlp",
+    "build_model",
     "count_parameters",
     "current_profile",
     "load_mnist",
     "pick_device",
     "train",
     "train_mlp",
+    "train_model",
 ]
