@@ -312,18 +312,19 @@ def test_preactivations_reject_a_missing_layer_with_a_clear_error():
 
 
 def test_preactivations_during_training_record_the_untrained_model_then_training_moves_them(small_data):
-    config = TrainConfig(batch_size=100, seed=5)
-    recorded = preactivations_during_training(MLPConfig(placement="none"), small_data, config, epochs=(0, 1, 3), probe_size=200)
+    config, plain = TrainConfig(batch_size=100, seed=5), MLPConfig(placement="none")
+    recorded = preactivations_during_training(plain, small_data, config, epochs=(0, 1, 3), probe_size=200)
     assert list(recorded) == [0, 1, 3] and all(v.shape == (200, 75) for v in recorded.values())
     untrained = mlp("none", seed=5)
     torch.testing.assert_close(recorded[0], preactivations(untrained, small_data.val.images[:200]))
     assert not torch.allclose(recorded[0], recorded[1]) and not torch.allclose(recorded[1], recorded[3])
-    again = preactivations_during_training(MLPConfig(placement="none"), small_data, config, epochs=(0, 1, 3), probe_size=200)
+    again = preactivations_during_training(plain, small_data, config, epochs=(0, 1, 3), probe_size=200)
     assert all(torch.equal(recorded[e], again[e]) for e in recorded)  # the same seed, the same bits on the CPU
 
 
 def test_preactivations_during_training_with_batchnorm_stay_normalised_per_unit(small_data):
-    recorded = preactivations_during_training(MLPConfig(), small_data, TrainConfig(batch_size=100), epochs=(0, 2), probe_size=500)
+    config = TrainConfig(batch_size=100)
+    recorded = preactivations_during_training(MLPConfig(), small_data, config, epochs=(0, 2), probe_size=500)
     for values in recorded.values():  # gamma and beta barely move in two short epochs
         assert values.mean(dim=0).abs().max() < 0.1
         assert (values.std(dim=0, correction=0) - 1).abs().max() < 0.1

@@ -193,9 +193,16 @@ def preactivations(model: nn.Module, inputs: torch.Tensor, *, layer: int = 0) ->
     if not relus:
         raise ValueError("model has no nn.ReLU: preactivations reads the input of a ReLU layer.")
     if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < len(relus):
-        raise ValueError(f"layer must be an integer from 0 to {len(relus) - 1} (the model has {len(relus)} ReLU layers); got {layer!r}.")
+        raise ValueError(
+            f"layer must be an integer from 0 to {len(relus) - 1} (the model has {len(relus)} ReLU layers); "
+            f"got {layer!r}."
+        )
     seen = []
-    handle = relus[layer].register_forward_pre_hook(lambda module, args: seen.append(args[0].detach().flatten(1).cpu()))
+
+    def record(module, args):
+        seen.append(args[0].detach().flatten(1).cpu())
+
+    handle = relus[layer].register_forward_pre_hook(record)
     try:
         with preserved_state(model), torch.no_grad():
             model.train()
@@ -230,17 +237,22 @@ def preactivations_during_training(
     ):
         raise ValueError(f"epochs must be increasing whole numbers from 0 up, e.g. (0, 1, 5, 20); got {epochs!r}.")
     if config.momentum != 0:
-        raise ValueError(f"config.momentum must be 0 (plain SGD): training runs in segments and would restart it; got {config.momentum!r}.")
+        raise ValueError(
+            f"config.momentum must be 0 (plain SGD): training runs in segments and would restart it; "
+            f"got {config.momentum!r}."
+        )
     if isinstance(probe_size, bool) or not isinstance(probe_size, int) or not 2 <= probe_size <= len(data.val):
-        raise ValueError(f"probe_size must be an integer from 2 to {len(data.val)} (the validation images); got {probe_size!r}.")
+        raise ValueError(
+            f"probe_size must be an integer from 2 to {len(data.val)} (the validation images); got {probe_size!r}."
+        )
     seed_everything(config.seed)
     model = build_model(model_config)
     probe = data.val.images[:probe_size]
     recorded, trained = {}, 0
     for epoch in epochs:
         if epoch > trained:
-            segment = dataclasses.replace(config, epochs=epoch - trained, seed=config.seed + trained, record_train_acc=False)
-            train(model, data, segment, device=device, progress=False)
+            segment = dataclasses.replace(config, epochs=epoch - trained, seed=config.seed + trained)
+            train(model, data, dataclasses.replace(segment, record_train_acc=False), device=device, progress=False)
             trained = epoch
         recorded[epoch] = preactivations(model, probe, layer=layer)
     return recorded

@@ -5,6 +5,7 @@ while a network trains (``bnlab.batchnorm.preactivations_during_training`` compu
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
+import torch
 from matplotlib.patches import Polygon
 
 # The three input layouts the chapter draws: (title, (N, C, depth) in cells, depth axis label, the averaged axes).
@@ -66,7 +67,9 @@ def plot_statistics_axes():
     return fig
 
 
-def plot_preactivation_histograms(snapshots: dict[str, dict[int, "torch.Tensor"]], *, bins: int = 60, title: str | None = None):
+def plot_preactivation_histograms(
+    snapshots: dict[str, dict[int, torch.Tensor]], *, bins: int = 60, title: str | None = None
+):
     """One row per variant, one panel per recorded epoch: the histogram of every value that reached the ReLU
     (all units of the layer, all probe images), with its mean and standard deviation. ``snapshots`` is
     ``{label: {epoch: (N, units) tensor}}``, as ``bnlab.batchnorm.preactivations_during_training`` returns for one
@@ -87,7 +90,8 @@ def plot_preactivation_histograms(snapshots: dict[str, dict[int, "torch.Tensor"]
         for column, epoch in enumerate(epochs):
             ax = axes[row, column]
             v = recorded[epoch].flatten().float()
-            ax.hist(v.clamp(low, high).numpy(), bins=bins, range=(low, high), color=colors[row % len(colors)], alpha=0.8)
+            color = colors[row % len(colors)]
+            ax.hist(v.clamp(low, high).numpy(), bins=bins, range=(low, high), color=color, alpha=0.8)
             ax.set_title(f"{label}, epoch {epoch}\nmean {v.mean():.2f}, std {v.std():.2f}", fontsize=10)
             ax.set_yticks([])
             ax.axvline(0, color="black", linewidth=0.6)
