@@ -2,25 +2,31 @@
 
 ``FusedStep`` runs forward, cross-entropy and backward of an MLP made of ``Flatten``, ``Linear``, ``BatchNorm1d``,
 ``ReLU``, ``Dropout`` and ``Identity`` (every model ``bnlab.models.build_mlp`` builds) by calling the ATen kernels
-autograd would call, in the same order and on the same arguments, stores the gradients in ``param.grad`` and calls
-the optimizer's own ``step()`` (for plain SGD on the CPU it runs that step's one line per parameter itself). It skips what autograd spends on recording and walking the graph, which for a model
-this small is a large part of a step (``python -m bnlab.bench`` measures how much).
+autograd would call, in the same order and on the same arguments, stores the gradients in ``param.grad`` and
+updates the parameters as the optimizer's own ``step()`` does (for plain SGD on the CPU it runs that step's one
+line per parameter itself; for anything else it calls ``optimizer.step()``). It skips what autograd spends on
+recording and walking the graph, which for a model this small is a large part of a step (``python -m bnlab.bench``
+measures how much).
 
-Why it may be the default (``FusedEngine``, which ``bnlab.fast.default_engine`` returns on every device):
+**Decision: it stays the default where speed matters, on every device.** ``bnlab.fast.default_engine()`` returns
+``FusedEngine()``; the command line and the benchmark use it, and so should any caller that trains many runs.
+``bnlab.training.train``'s own default stays the plain step, so that the training module is the plain loop and
+imports nothing from here. The fused step may be a default because it meets two rules:
 
-* **It computes the same bits as ``PlainStep`` or it does not run.** It calls private ATen ops
+* **It computes the same bits as ``PlainStep``, or it does not run.** It calls private ATen ops
   (``native_batch_norm_backward``, ``nll_loss_forward``, ...) that carry no compatibility promise, so before its
   first step in a process for each model shape, batch shape and set of mode flags, it trains two twin copies of
   the model for two steps on the real batch, one with itself and one with ``PlainStep``, from the same random
   state, and compares the loss, every parameter, gradient and buffer and the optimizer's state bit for bit. On any
   difference, or an op missing from this PyTorch, it warns once and the run uses ``PlainStep``. The check runs
   on copies and restores the random generators, so it changes nothing about the run.
-* **Nothing depends on timing.** There is no choice between code paths by speed: the kernels are autograd's.
-  (Earlier versions swapped a product's operands or ran the loss down the columns where a timing said it was
-  faster; those are gone, because they were not bitwise the plain loop's for every batch size.)
-* Any other model (a CNN, a layer with a hook or a replaced ``forward``, a parameter frozen with
-  ``requires_grad=False``, a dtype other than float32, a module used twice) gets ``PlainStep``, without a warning:
-  ``unsupported_reason(model)`` says why.
+* **Nothing depends on timing.** No code path is chosen by speed: the kernels are autograd's, whatever the
+  machine's load. (Earlier versions swapped a product's operands or ran the loss down the columns where a timing
+  said it was faster; those are gone, because they were not bitwise the plain loop's for every batch size.)
+
+Any other model (a CNN, a layer with a hook or a replaced ``forward``, a parameter frozen with
+``requires_grad=False``, a dtype other than float32, a module used twice) gets ``PlainStep``, without a warning:
+``unsupported_reason(model)`` says why.
 """
 
 from __future__ import annotations
