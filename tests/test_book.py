@@ -371,9 +371,12 @@ window.bnlabTest = {
         })),
         axisTitles: [...root.querySelectorAll(".role-axis-title")].map((t) => t.textContent),
         legends: root.querySelectorAll(".role-legend").length,
-        clip: {x: box.left + window.scrollX, y: box.top + window.scrollY, width: box.width, height: box.height, scale: 1},
       };
     });
+  },
+  clip: (k) => {
+    const box = window.bnlabTest.roots()[k].getBoundingClientRect();
+    return {x: box.left + window.scrollX, y: box.top + window.scrollY, width: box.width, height: box.height, scale: 1};
   },
   drawn: (k) => {
     const root = window.bnlabTest.roots()[k];
@@ -520,7 +523,7 @@ class Browser:
         explorers = self._evaluate("window.bnlabTest.ready()", session)
         for k, explorer in enumerate(explorers):
             name = f"{page.replace('/', '__')}__explorer-{k}"
-            explorer["screenshots"] = [self._clip(f"{name}__before.png", explorer["clip"], session)]
+            explorer["screenshots"] = [self._clip(f"{name}__before.png", k, session)]
             explorer["changes"] = []
             if not explorer["live"]:
                 continue
@@ -529,12 +532,13 @@ class Browser:
                 change = self._evaluate(f"window.bnlabTest.change({k}, {c})", session)
                 after = self._evaluate(f"window.bnlabTest.drawn({k})", session)
                 explorer["changes"].append({**control, **change, "before": before, "after": after})
-                explorer["screenshots"].append(self._clip(f"{name}__after-{c}-{control['kind']}.png", explorer["clip"], session))
+                explorer["screenshots"].append(self._clip(f"{name}__after-{c}-{control['kind']}.png", k, session))
         return explorers
 
-    def _clip(self, filename: str, clip: dict, session: str) -> Path:
-        shot = self.devtools.send("Page.captureScreenshot", {"format": "png", "clip": clip, "captureBeyondViewport": True},
-                                  session=session, timeout=60)
+    def _clip(self, filename: str, k: int, session: str) -> Path:
+        """A screenshot of the page's k-th interactive figure (the viewport is as tall as the page by now)."""
+        clip = self._evaluate(f"window.bnlabTest.clip({k})", session)
+        shot = self.devtools.send("Page.captureScreenshot", {"format": "png", "clip": clip}, session=session, timeout=60)
         path = SCREENSHOTS / filename
         path.write_bytes(base64.b64decode(shot["data"]))
         return path

@@ -19,7 +19,6 @@ import json
 VEGA_VERSIONS = {"vega": "5.33.1", "vega-lite": "5.20.1", "vega-embed": "6.29.0"}
 VEGA_FILES = {"vega": "build/vega.min.js", "vega-lite": "build/vega-lite.min.js", "vega-embed": "build/vega-embed.min.js"}
 CDN = "https://cdn.jsdelivr.net/npm"
-VEGALITE_MIME_TYPE = "application/vnd.vegalite.v5+json"
 
 
 def png_bytes(figure, *, dpi: float = 90) -> bytes:
@@ -34,8 +33,9 @@ def cdn_urls() -> dict[str, str]:
 
 
 STYLE = """
-#{id} {{ margin: 1em 0; }}
+#{id} {{ margin: 1em 0; overflow-x: auto; }}
 #{id} .bnlab-explorer-controls .vega-bind {{ display: inline-block; margin: 0 1.4em 0.4em 0; }}
+#{id} .bnlab-explorer-controls .vega-bind-radio label {{ margin-right: 0.7em; }}
 #{id} .bnlab-explorer-controls .vega-bind-name {{ font-weight: 600; margin-right: 0.3em; }}
 #{id} .bnlab-explorer-controls input[type=range] {{ vertical-align: middle; }}
 #{id} .bnlab-explorer-static {{ max-width: 100%; height: auto; }}

@@ -18,10 +18,12 @@ What an explorer's output holds (``Explorer._repr_mimebundle_``):
   (matplotlib), shown for print, to readers without JavaScript and until the chart is drawn. A short script draws
   the chart with ``vegaEmbed``. A book page that holds an explorer loads vega, vega-lite and vega-embed from its
   own ``_static/vega/`` first (``book/page_scripts.py``), so nothing is fetched; elsewhere the script loads the
-  same versions (``embedding.VEGA_VERSIONS``) from jsDelivr, as Altair's own HTML renderer does, and keeps the static image
-  if that fails (offline). MyST-NB, JupyterLab and Colab all choose ``text/html`` from the bundle.
-* ``application/vnd.vegalite.v5+json``: the spec, for front ends that draw Vega-Lite themselves (VS Code, nteract).
+  same versions (``embedding.VEGA_VERSIONS``) from jsDelivr, as Altair's own HTML renderer does, and keeps the
+  static image if that fails (offline). MyST-NB, JupyterLab and Colab all choose ``text/html`` from the bundle.
 * ``image/png`` (the static image, for PDF and other static exports) and ``text/plain`` (the caption).
+
+The bundle has no ``application/vnd.vegalite.v5+json``: JupyterLab ranks ``text/html`` above it and Colab does not
+draw it, so it would only double the notebook's size, and MyST-NB warns about a type it cannot render.
 
 A new explorer is tidy records (one per point), the fields that are controls, and which fields are x, y and
 color::
@@ -59,13 +61,13 @@ import altair as alt
 import matplotlib.pyplot as plt
 from matplotlib.colors import to_hex
 
-from .embedding import VEGALITE_MIME_TYPE, explorer_html, png_bytes
+from .embedding import explorer_html, png_bytes
 
 INPUTS = ("select", "radio", "slider", "log slider")
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22")
 DASHES = ((1, 0), (4, 2), (2, 1), (1, 1), (1, 2, 4, 2))  # line dash per value of the color field, cycled
 OTHERS_COLOR = "#b8b8b8"
-PANEL_WIDTH = {1: 560, 2: 330}
+PANEL_WIDTH = {1: 520, 2: 265}
 PANEL_HEIGHT = 250
 
 
@@ -186,7 +188,6 @@ class Explorer:
     def _repr_mimebundle_(self, include=None, exclude=None):
         return {
             "text/html": self.html,
-            VEGALITE_MIME_TYPE: self.spec,
             "image/png": base64.b64encode(self.png).decode("ascii"),
             "text/plain": f"Interactive figure: {self.caption}",
         }
@@ -407,6 +408,8 @@ def build_chart(rows, fields, *, x, ys, choices, color, color_scale, detail, lab
 
     def axis(name, role):
         kwargs = {"title": labels.get(name, name)}
+        if all(isinstance(r.get(name, 0), int) for r in rows):
+            kwargs["axis"] = alt.Axis(tickMinStep=1, format="d")  # whole numbers: epochs, steps
         scale = {"zero": False}
         if name in log:
             scale["type"] = "log"

@@ -20,7 +20,13 @@ from .live import FigureExplorer, figure_explorer, seed_control
 
 PLACEMENT_NAMES = {"before": "BN before ReLU", "after": "BN after ReLU", "none": "no BN"}
 PLACEMENT_COLORS = {"before": "tab:blue", "after": "tab:orange", "none": "tab:gray"}
-CURVE_LABELS = {"epoch": "epoch", "loss": "training loss (mean over the epoch)", "val_acc": "validation accuracy (%)"}
+CURVE_LABELS = {
+    "placement": "BatchNorm",
+    "dropout": "dropout p",
+    "epoch": "epoch",
+    "loss": "training loss (mean over the epoch)",
+    "val_acc": "validation accuracy (%)",
+}
 
 
 def index_by_placement(runs) -> dict[tuple[str, float], SeedRuns]:
@@ -68,8 +74,8 @@ def placement_explorer(runs, *, placement: str | None = None, dropout: float | N
         y=["loss", "val_acc"],
         color="placement",
         controls=[
-            Control("placement", label="BatchNorm", value=PLACEMENT_NAMES.get(placement, placement)),
-            Control("dropout", label="dropout p", value=dropout),
+            Control("placement", value=PLACEMENT_NAMES.get(placement, placement)),
+            Control("dropout", value=dropout),
             Control("seed", highlight=True),
         ],
         labels=CURVE_LABELS,
