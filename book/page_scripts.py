@@ -6,6 +6,10 @@ vega, vega-lite and vega-embed from the book's own ``_static/vega/`` (``make ven
 Sphinx writes each path relative to the page, at any depth (``chapters/``, ``chapters/exercises/``). Other pages
 load none of it.
 
+A page that shows no widget view loads neither the Jupyter widgets manager nor any widget state: a notebook's
+cells that the book leaves out (a live explorer, say) still leave their widgets' state in the notebook, which
+MyST-NB would otherwise put on the page.
+
 Two fixes, each for a console error the browser test (tests/test_book.py) would otherwise report on every page:
 
 1. Sphinx 7.4 lists a body-only script (``app.add_js_file(None, body=...)``) twice when an extension adds it after
@@ -42,6 +46,22 @@ def add_vega_to_pages_with_explorers(app, pagename, templatename, context, doctr
             app.add_js_file(script, priority=400)
 
 
+WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+
+
+def drop_unused_widget_scripts(app, pagename, templatename, context, doctree) -> None:
+    """``html-page-context``, after MyST-NB's: no widget view on the page, no widget state and no widgets manager."""
+    scripts = getattr(app.builder, "_js_files", None)
+    if not scripts or WIDGET_VIEW in (context.get("body") or ""):
+        return
+    manager = {f"_static/{path}" for path in getattr(app.config, "nb_ipywidgets_js", None) or {}}  # as Sphinx lists them
+    scripts[:] = [
+        script for script in scripts
+        if getattr(script, "attributes", {}).get("type") != WIDGET_STATE and getattr(script, "filename", None) not in manager
+    ]
+
+
 def _script_key(script) -> tuple:
     """What makes two of Sphinx's script entries the same script, whether its filename is None or ''."""
     filename = getattr(script, "filename", script) or ""
@@ -70,4 +90,5 @@ def setup(app):
     app.connect("html-page-context", add_vega_to_pages_with_explorers)
     # After MyST-NB's handler (priority 500), which adds the widget scripts to a page.
     app.connect("html-page-context", drop_duplicate_scripts, priority=900)
+    app.connect("html-page-context", drop_unused_widget_scripts, priority=900)
     return {"parallel_read_safe": True, "parallel_write_safe": True}

@@ -182,6 +182,15 @@ def test_page_loads_nothing_from_outside_the_book(page):
     assert not remote, f"{page} loads {remote}"
 
 
+@pytest.mark.parametrize("page", toc_pages())
+def test_a_page_without_widget_views_loads_no_widgets_manager_or_state(page):
+    html = built_page(page).read_text()
+    if 'type="application/vnd.jupyter.widget-view+json"' in html:
+        return
+    assert 'type="application/vnd.jupyter.widget-state+json"' not in html, f"{page} carries unused widget state"
+    assert "jupyter-widgets/embed.js" not in html, f"{page} loads the widgets manager for no widget"
+
+
 # --- the built book in a browser ------------------------------------------------------------------------------------
 
 CHROMIUM_FLAGS = [
