@@ -383,6 +383,10 @@ window.bnlabTest = {
       };
     });
   },
+  printed: () => window.bnlabTest.roots().map((root) => ({
+    staticShown: getComputedStyle(root.querySelector(".bnlab-explorer-static")).display !== "none",
+    chartShown: getComputedStyle(root.querySelector(".bnlab-explorer-view")).display !== "none",
+  })),
   clip: (k) => {
     const box = window.bnlabTest.roots()[k].getBoundingClientRect();
     return {x: box.left + window.scrollX, y: box.top + window.scrollY, width: box.width, height: box.height, scale: 1};
@@ -542,6 +546,11 @@ class Browser:
                 after = self._evaluate(f"window.bnlabTest.drawn({k})", session)
                 explorer["changes"].append({**control, **change, "before": before, "after": after})
                 explorer["screenshots"].append(self._clip(f"{name}__after-{c}-{control['kind']}.png", k, session))
+        if explorers:  # printed, each figure is its static image
+            self.devtools.send("Emulation.setEmulatedMedia", {"media": "print"}, session=session)
+            for explorer, printed in zip(explorers, self._evaluate("window.bnlabTest.printed()", session)):
+                explorer["printed"] = printed
+            self.devtools.send("Emulation.setEmulatedMedia", {"media": ""}, session=session)
         return explorers
 
     def _clip(self, filename: str, k: int, session: str) -> Path:
@@ -670,6 +679,7 @@ def test_every_explorer_responds_to_each_of_its_controls_offline(browser, page):
             assert change["after"]["lines"] != change["before"]["lines"], f"{what}: the drawn lines did not change"
             assert change["after"]["title"] != change["before"]["title"], f"{what}: the title did not follow"
         assert len(explorer["changes"]) == len(explorer["controls"])
+        assert explorer["printed"] == {"staticShown": True, "chartShown": False}, f"{where}: printed, not its static image"
         assert all(shot.stat().st_size > 0 for shot in explorer["screenshots"])
 
 

@@ -9,8 +9,9 @@ Why Vega-Lite, through Altair: a Vega-Lite chart is a declarative JSON spec whos
 inputs and used in filter expressions over the embedded data, several controls at once, so the data is embedded
 once and every combination of the controls costs nothing more. Altair builds the spec from Python and validates it
 against Vega-Lite's schema; Colab ships Altair (5.5.0), and the JavaScript is three files (vega, vega-lite and
-vega-embed, about 0.8 MB minified) that the book serves itself. Plotly, the alternative, switches between
-precomputed frames, one per combination of all the controls, and its JavaScript is about 3.5 MB.
+vega-embed, about 0.8 MB minified) that the book serves itself. Plotly, the alternative, has sliders and buttons
+whose every step applies one fixed update, so controls that act together need a frame (or trace visibility list)
+per combination of their values, and its one JavaScript bundle is over 3 MB.
 
 What an explorer's output holds (``Explorer._repr_mimebundle_``):
 
