@@ -27,25 +27,42 @@ class MalformedObservation(ValueError):
 
 @dataclass(frozen=True)
 class Layer:
-    """A module the answer returned, as described by the probe: its type, constructor arguments, parameters and
+    """A module as the probe described it: its type, constructor arguments (``spec["init"]``), parameters and
     buffers (tensors), mode and children. ``build()`` makes a fresh copy of a layer from ``probe.LAYERS``."""
 
     kind: str
     training: bool
-    state: dict
+    params: dict
+    buffers: dict
     children: tuple
     custom: bool
     spec: dict
 
+    @property
+    def state(self) -> dict:
+        return {**self.params, **self.buffers}
+
     def build(self) -> torch.nn.Module:
         return probe.build(self.spec)
 
-    def modules(self):
-        """This layer and every layer inside it, in ``nn.Module.modules()`` order."""
-        yield self
-        for _, child in self.children:
+    def named_modules(self, prefix: str = ""):
+        """``(name, layer)`` for this layer and every layer inside it, as ``nn.Module.named_modules()`` names them."""
+        yield prefix, self
+        for name, child in self.children:
             if isinstance(child, Layer):
-                yield from child.modules()
+                yield from child.named_modules(f"{prefix}.{name}" if prefix else name)
+
+    def modules(self):
+        return (layer for _, layer in self.named_modules())
+
+    def modes(self) -> list:
+        """Every layer's mode: ``[[name, type, training]]``, the model itself named ``"(model)"``."""
+        return [[name or "(model)", layer.kind, layer.training] for name, layer in self.named_modules()]
+
+    def named_tensors(self, kind: str) -> dict:
+        """Every parameter (``kind="params"``) or buffer (``"buffers"``) by its full name."""
+        return {f"{name}.{key}" if name else key: tensor for name, layer in self.named_modules()
+                for key, tensor in getattr(layer, kind).items()}
 
 
 @dataclass(frozen=True)
@@ -136,11 +153,11 @@ class Reader:
             raise MalformedObservation(f"tensor data out of range ({error})") from None
 
     def module(self, data: dict, depth: int) -> Layer:
-        if not set(data) <= {"module", "training", "state", "children", "init", "custom"}:
+        if not set(data) <= {"module", "training", "params", "buffers", "children", "init", "custom"}:
             raise MalformedObservation("unexpected module fields")
-        kind, training, state = data["module"], data.get("training"), data.get("state", {})
+        kind, training = data["module"], data.get("training")
         children, init, custom = data.get("children", []), data.get("init"), data.get("custom", False)
-        if not (isinstance(kind, str) and len(kind) <= 100 and type(training) is bool and isinstance(state, dict)
+        if not (isinstance(kind, str) and len(kind) <= 100 and type(training) is bool
                 and isinstance(children, list) and type(custom) is bool):
             raise MalformedObservation("bad module")
         if not custom and (kind not in probe.LAYERS or not isinstance(init, dict)
@@ -149,16 +166,21 @@ class Reader:
                                       (type(v) is list and all(type(i) is int for i in v)) for v in init.values())):
             raise MalformedObservation("bad layer arguments")
         tensors = {}
-        for name, spec in state.items():
-            if not (isinstance(name, str) and isinstance(spec, dict) and "tensor" in spec):
+        for group in ("params", "buffers"):
+            items = data.get(group, {})
+            if not isinstance(items, dict):
                 raise MalformedObservation("bad module state")
-            tensors[name] = self.tensor(spec)
+            tensors[group] = {}
+            for name, spec in items.items():
+                if not (isinstance(name, str) and isinstance(spec, dict) and "tensor" in spec):
+                    raise MalformedObservation("bad module state")
+                tensors[group][name] = self.tensor(spec)
         kids = []
         for pair in children:
             if not (isinstance(pair, list) and len(pair) == 2 and isinstance(pair[0], str)):
                 raise MalformedObservation("bad module children")
             kids.append((pair[0], self.value(pair[1], depth + 1)))
-        return Layer(kind, training, tensors, tuple(kids), custom, data)
+        return Layer(kind, training, tensors["params"], tensors["buffers"], tuple(kids), custom, data)
 
 
 def decode(data):
@@ -206,26 +228,10 @@ def read_run(run, reader: Reader) -> dict:
         return {"raised": run["raised"][:400]}
     if set(run) == {"timeout"} and (run["timeout"] is None or type(run["timeout"]) in (int, float)):
         return {"timeout": run["timeout"]}
-    if set(run) != {"value", "changed"} or not isinstance(run["changed"], dict):
+    if set(run) != {"value", "after"} or not isinstance(run["after"], dict):
         raise MalformedObservation("bad run")
-    changed = {}
-    for name, report in run["changed"].items():
-        if not isinstance(report, dict):
-            raise MalformedObservation("bad change report")
-        if set(report) == {"changed"} and type(report["changed"]) is bool:
-            changed[name] = report
-        elif set(report) == {"params", "buffers", "structure", "modes"}:
-            names_ok = all(isinstance(report[k], list) and all(isinstance(n, str) for n in report[k])
-                           for k in ("params", "buffers"))
-            modes_ok = isinstance(report["modes"], list) and len(report["modes"]) <= 10_000 and all(
-                isinstance(m, list) and len(m) == 3 and isinstance(m[0], str) and isinstance(m[1], str)
-                and type(m[2]) is bool for m in report["modes"])
-            if not (names_ok and modes_ok and type(report["structure"]) is bool):
-                raise MalformedObservation("bad module change report")
-            changed[name] = report
-        else:
-            raise MalformedObservation("bad change report")
-    return {"value": reader.value(run["value"]), "changed": changed}
+    after = {str(name)[:100]: reader.value(value) for name, value in run["after"].items()}
+    return {"value": reader.value(run["value"]), "after": after}
 
 
 # --- comparing ----------------------------------------------------------------------------------------------------
@@ -280,8 +286,7 @@ def tensor_difference(got: torch.Tensor, want: torch.Tensor) -> str:
             f"(largest difference {fmt(float(gap.max()))})")
 
 
-FLOAT64_NOTE = ("a float64 step (.double(), or a constant made with dtype=torch.float64) turns the result into "
-                "float64: keep the inputs' float32")
+FLOAT64_NOTE = "a float64 step, such as .double() or a constant made with dtype=torch.float64, turns it into float64"
 
 
 def tensor_problem(got, want: torch.Tensor, *, dtype: torch.dtype = torch.float32, what: str = "the result",
@@ -292,9 +297,8 @@ def tensor_problem(got, want: torch.Tensor, *, dtype: torch.dtype = torch.float3
     if not isinstance(got, torch.Tensor):
         return Problem(f"expected {what} to be {expected}, got {describe_value(got)}")
     if got.dtype != dtype:
-        note = f": {FLOAT64_NOTE}" if got.dtype == torch.float64 and dtype == torch.float32 else ""
-        return Problem(f"expected {what} in {probe.dtype_name(dtype)}, got {probe.dtype_name(got.dtype)}{note}",
-                       "wrong dtype")
+        note = f" ({FLOAT64_NOTE})" if got.dtype == torch.float64 and dtype == torch.float32 else ""
+        return Problem(f"{what} is {probe.dtype_name(got.dtype)}, not {probe.dtype_name(dtype)}{note}", "wrong dtype")
     if tuple(got.shape) != tuple(want.shape):
         return Problem(f"expected {what} of shape {shape_text(want.shape)}, got shape {shape_text(got.shape)}")
     if not bool(torch.isfinite(got).all()):
@@ -304,9 +308,49 @@ def tensor_problem(got, want: torch.Tensor, *, dtype: torch.dtype = torch.float3
     return None
 
 
+def same_value(a, b) -> bool:
+    """Whether two decoded values are the same: tensors bit for bit (dtype and shape included), layers in every
+    parameter, buffer, mode and child."""
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.dtype == b.dtype
+                and a.shape == b.shape and bool(torch.equal(a, b)))
+    if isinstance(a, Layer) or isinstance(b, Layer):
+        return (isinstance(a, Layer) and isinstance(b, Layer) and a.modes() == b.modes() and
+                all(a.named_tensors(k).keys() == b.named_tensors(k).keys() and
+                    all(same_value(t, b.named_tensors(k)[n]) for n, t in a.named_tensors(k).items())
+                    for k in ("params", "buffers")))
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return type(a) is type(b) and len(a) == len(b) and all(same_value(x, y) for x, y in zip(a, b))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(same_value(a[k], b[k]) for k in a)
+    return type(a) is type(b) and a == b
+
+
+def input_changes(before: dict, after: dict) -> dict:
+    """How each input differs afterwards from what was sent: ``{"changed": bool}``, or for a layer ``{"params":
+    [names changed], "buffers": [...], "structure": bool, "modes": its layers' modes afterwards}``."""
+    report = {}
+    for name, original in before.items():
+        now = after.get(name)
+        if isinstance(original, Layer) and isinstance(now, Layer):
+            tensors = {k: (original.named_tensors(k), now.named_tensors(k)) for k in ("params", "buffers")}
+            report[name] = {
+                **{k: sorted(n for n, t in old.items() if n not in new or not same_value(t, new[n]))
+                   for k, (old, new) in tensors.items()},
+                "structure": [(n, l.kind) for n, l in original.named_modules()] != [(n, l.kind) for n, l in
+                                                                                   now.named_modules()]
+                or any(old.keys() != new.keys() for old, new in tensors.values()),
+                "modes": now.modes(),
+            }
+        else:
+            report[name] = {"changed": not same_value(original, now)}
+    return report
+
+
 def changed_inputs(changed: dict) -> Problem | None:
     """A problem naming the first input the answer changed in place (values, parameters, buffers or layers), if
-    any. A module's modes (``training`` flags) are not counted here: the exercises that care check them."""
+    any, from ``input_changes``. A layer's modes (``training`` flags) are not counted here: the exercises that care
+    check them."""
     for name, report in changed.items():
         if report.get("changed"):
             return Problem(f"it changed its input `{name}` in place", "input changed in place")

@@ -22,14 +22,15 @@ from __future__ import annotations
 
 import inspect
 import math
+import os
 import secrets
 from dataclasses import dataclass, field, replace
 
 import torch
 
 from . import probe
-from .checks import MalformedObservation, Problem, changed_inputs, describe_value, fmt, read_observation, \
-    tensor_problem
+from .checks import MalformedObservation, Problem, changed_inputs, decode, describe_value, fmt, input_changes, \
+    read_observation, tensor_problem
 
 PASSED = "passed"
 FAILED = "failed"
@@ -40,6 +41,7 @@ STATUSES = (PASSED, FAILED, NOT_ATTEMPTED, NOT_FOUND, ERROR)
 SYMBOLS = {PASSED: "✔", FAILED: "✘", NOT_ATTEMPTED: "·", NOT_FOUND: "·", ERROR: "✘"}
 
 DEFAULT_TIME_LIMIT = 10.0  # seconds for one exercise's check, all its inputs together
+GRADING = "BNLAB_GRADING"  # set in the grader's kernels: the grader checks every answer itself, afterwards
 
 # What to tell the learner about mistakes any function exercise can make.
 COMMON_MISTAKES = {
@@ -106,6 +108,12 @@ class Case:
         return {"names": list(self.args), "args": [probe.encode(v) for v in self.args.values()],
                 "kwargs": {k: probe.encode(v) for k, v in self.kwargs.items()}}
 
+    def decoded(self) -> dict:
+        """Every argument as the checking side reads it back from the probe (``checks.decode``), by name."""
+        spec = self.spec()
+        return {**{name: decode(value) for name, value in zip(spec["names"], spec["args"])},
+                **{name: decode(value) for name, value in spec["kwargs"].items()}}
+
     def inputs(self) -> dict:
         """Fresh copies of every argument, by name: what the learner's function received."""
         spec = self.spec()
@@ -140,6 +148,9 @@ class Exercise:
 
     def check(self, answer=inspect.Parameter.empty, *, time_limit: float = DEFAULT_TIME_LIMIT) -> None:
         """Check ``answer`` (by default, the notebook's variable named ``self.answer``) and print the outcome."""
+        if os.environ.get(GRADING) == "1":
+            print("The grader checks this answer itself, on inputs of its own.")
+            return
         if answer is inspect.Parameter.empty:
             caller = inspect.currentframe().f_back.f_globals
             if self.answer not in caller:
@@ -262,9 +273,14 @@ class FunctionExercise(Exercise):
     def same(self, case: Case, got, want) -> bool:
         return self.problem(case, got, want) is None
 
+    @staticmethod
+    def changes(case: Case, run: dict) -> dict:
+        """How the run's inputs differ afterwards from what was sent (``checks.input_changes``)."""
+        return input_changes(case.decoded(), run["after"])
+
     def side_effects(self, case: Case, run: dict) -> Problem | None:
         """What the answer did to its inputs that it should not have (by default: any change)."""
-        return changed_inputs(run["changed"])
+        return changed_inputs(self.changes(case, run))
 
     def assess(self, case: Case, run: dict) -> Problem | None:
         """None if the run's result is right for ``case`` and left the inputs alone, else what is wrong."""
@@ -444,6 +460,9 @@ class ExerciseSet:
 
     def check_all(self, namespace: dict | None = None) -> None:
         """Check every exercise against the notebook's answers and print the points."""
+        if os.environ.get(GRADING) == "1":
+            print("The grader checks these answers itself, on inputs of its own.")
+            return
         if namespace is None:
             namespace = inspect.currentframe().f_back.f_globals
         results = self.results(namespace)

@@ -89,7 +89,8 @@ class PredictInEvalMode(FunctionExercise):
         return problem
 
     def side_effects(self, case, run):
-        report = run["changed"].get("model", {})
+        changes = self.changes(case, run)
+        report = changes["model"]
         if report.get("buffers"):
             return Problem("running_mean, running_var or num_batches_tracked changed", "running statistics changed")
         before = modes(case.args["model"])
@@ -100,7 +101,7 @@ class PredictInEvalMode(FunctionExercise):
                 else "mode not restored"
             return Problem(f"the model was in {case.info['pattern'][0]}; afterwards its layers are in "
                            f"{modes_text(after or [])}", mistake)
-        return changed_inputs(run["changed"])
+        return changed_inputs(changes)
 
     def consistent_mistake(self, cases, outputs):
         return None
@@ -138,10 +139,11 @@ class FreezeBatchNorm(FunctionExercise):
         return None  # what it returns does not matter; the modes it leaves do (side_effects)
 
     def side_effects(self, case, run):
-        problem = changed_inputs(run["changed"])
+        changes = self.changes(case, run)
+        problem = changed_inputs(changes)
         if problem is not None:
             return problem
-        got, want = run["changed"]["model"]["modes"], self.expected(case)
+        got, want = changes["model"]["modes"], self.expected(case)
         if got == want:
             return None
         detail = f"layers in eval mode afterwards: {', '.join(k for _, k, flag in got if not flag) or 'none'}"

@@ -4,7 +4,7 @@ A check crosses a process boundary twice, always as plain JSON data (never pickl
 
 * the *request* goes in: the answer's name and, for a function, its inputs as *specs* (below), drawn by the
   checking side;
-* the *observation* comes out: what the answer returned on each input, and which of its inputs it changed.
+* the *observation* comes out: what the answer returned on each input, and its inputs as they were afterwards.
 
 The checking side (``bnlab.exercises.core``) compares the observation with its reference; no reference value and
 no reference code ever exists here. In a notebook, ``qN.check()`` calls ``observe`` directly. The grader sends
@@ -17,8 +17,8 @@ themselves, JSON lists for lists, and every JSON object carries exactly one tag:
 
 * ``{"tensor": "float32", "shape": [2, 3], "data": [...], "grad": false}``: a tensor (``"nan"``, ``"inf"``,
   ``"-inf"`` for non-finite elements);
-* ``{"module": "Linear", "init": {...}, "state": {...}, "training": true, "children": [[name, spec], ...]}``:
-  a layer from ``LAYERS`` (a ``"custom"`` module is described, never built);
+* ``{"module": "Linear", "init": {...}, "params": {...}, "buffers": {...}, "training": true, "children": [[name,
+  spec], ...]}``: a layer from ``LAYERS`` (a ``"custom"`` module is described, never built);
 * ``{"tuple": [...]}``, ``{"dict": [[key, value], ...]}``, ``{"float": "nan"}``, and ``{"object": "what"}`` for a
   value that cannot be written down (an unknown type, or too large).
 """
@@ -146,9 +146,9 @@ def layer_init(module: nn.Module) -> dict:
 def encode_module(module: nn.Module, budget: Budget, depth: int) -> dict:
     kind = type(module).__name__
     known = type(module).__module__.startswith("torch.nn") and kind in LAYERS
-    state = {name: encode_tensor(t, budget) for name, t in [*module._parameters.items(), *module._buffers.items()]
-             if t is not None}
-    spec = {"module": kind, "training": bool(module.training), "state": state,
+    spec = {"module": kind, "training": bool(module.training),
+            "params": {name: encode_tensor(t, budget) for name, t in module._parameters.items() if t is not None},
+            "buffers": {name: encode_tensor(t, budget) for name, t in module._buffers.items() if t is not None},
             "children": [[name, encode(child, budget, depth + 1)] for name, child in module.named_children()]}
     if known:
         spec["init"] = layer_init(module)
@@ -217,14 +217,15 @@ def build_module(spec: dict) -> nn.Module:
     children = [build(child) for _, child in spec.get("children", [])]
     init = {k: tuple(v) if isinstance(v, list) else v for k, v in (spec.get("init") or {}).items()}
     module = nn.Sequential(*children) if kind == "Sequential" else getattr(nn, kind)(**init)
-    for name, tensor_spec in spec.get("state", {}).items():
+    for name, tensor_spec in spec.get("params", {}).items():
+        if name not in module._parameters:
+            raise ValueError(f"a {kind} has no parameter {name!r}")
         tensor = build_tensor(tensor_spec)
-        if name in module._parameters:
-            module._parameters[name] = nn.Parameter(tensor, requires_grad=tensor.is_floating_point())
-        elif name in module._buffers:
-            module._buffers[name] = tensor
-        else:
-            raise ValueError(f"a {kind} has no parameter or buffer {name!r}")
+        module._parameters[name] = nn.Parameter(tensor, requires_grad=tensor.is_floating_point())
+    for name, tensor_spec in spec.get("buffers", {}).items():
+        if name not in module._buffers:
+            raise ValueError(f"a {kind} has no buffer {name!r}")
+        module._buffers[name] = build_tensor(tensor_spec)
     module.training = bool(spec.get("training", True))
     return module
 
@@ -248,47 +249,6 @@ def build(spec):
     raise ValueError(f"cannot build {spec!r}")
 
 
-# --- did the answer change its inputs? ----------------------------------------------------------------------------
-
-
-def snapshot(value):
-    """What an input looks like before the call, to compare with afterwards (``changes``)."""
-    if isinstance(value, torch.Tensor):
-        return value.detach().clone()
-    if isinstance(value, nn.Module):
-        return {"modules": [(name, type(m)) for name, m in value.named_modules()],
-                "params": {n: p.detach().clone() for n, p in value.named_parameters()},
-                "buffers": {n: b.detach().clone() for n, b in value.named_buffers()}}
-    if isinstance(value, (list, dict)):
-        return json.dumps(encode(value), sort_keys=True)
-    return None
-
-
-def same_tensor(a: torch.Tensor, b: torch.Tensor) -> bool:
-    return a.dtype == b.dtype and a.shape == b.shape and bool(torch.equal(a.detach(), b))
-
-
-def changes(value, before) -> dict | None:
-    """How ``value`` differs from its ``snapshot``: ``{"changed": bool}`` for a tensor or list; for a module, which
-    parameters and buffers changed, whether its layers did, and every layer's mode afterwards."""
-    if isinstance(value, torch.Tensor):
-        return {"changed": not same_tensor(value, before)}
-    if isinstance(value, nn.Module):
-        after = snapshot(value)
-        structure = after["modules"] != before["modules"]
-        return {
-            "params": sorted(n for n, t in before["params"].items()
-                             if n not in after["params"] or not same_tensor(after["params"][n], t)),
-            "buffers": sorted(n for n, t in before["buffers"].items()
-                              if n not in after["buffers"] or not same_tensor(after["buffers"][n], t)),
-            "structure": structure or set(after["params"]) != set(before["params"]),
-            "modes": [[name or "(model)", type(m).__name__, bool(m.training)] for name, m in value.named_modules()],
-        }
-    if isinstance(value, (list, dict)):
-        return {"changed": snapshot(value) != before}
-    return None
-
-
 # --- the probe ---------------------------------------------------------------------------------------------------
 
 
@@ -297,12 +257,11 @@ def is_unanswered(answer) -> bool:
 
 
 def call_once(fn, case: dict) -> dict:
-    """Run ``fn`` on one case: ``{"value", "changed"}``, or ``{"raised"}``. NotImplementedError propagates."""
+    """Run ``fn`` on one case: ``{"value": what it returned, "after": every input as it is afterwards}`` (the
+    checking side compares the inputs with what it sent), or ``{"raised"}``. NotImplementedError propagates."""
     names = case.get("names") or []
     args = [build(spec) for spec in case.get("args", [])]
     kwargs = {name: build(spec) for name, spec in case.get("kwargs", {}).items()}
-    inputs = list(zip(names, args)) + list(kwargs.items())
-    before = [(name, value, snapshot(value)) for name, value in inputs]
     try:
         value = fn(*args, **kwargs)
     except (ChecksTimeout, KeyboardInterrupt, NotImplementedError):
@@ -311,8 +270,7 @@ def call_once(fn, case: dict) -> dict:
         return {"raised": describe_error(error)}
     budget = Budget()
     encoded = encode(value, budget)
-    changed = {name: changes(v, b) for name, v, b in before if b is not None}
-    return {"value": encoded, "changed": changed}
+    return {"value": encoded, "after": {name: encode(v, budget) for name, v in [*zip(names, args), *kwargs.items()]}}
 
 
 def observe(request: dict, namespace: dict) -> dict:

@@ -27,6 +27,7 @@ from pathlib import Path
 from queue import Empty
 
 from ..exercises import probe
+from ..exercises.core import GRADING
 from ..exercises.probe import describe_error
 from .kernels import PatientKernelManager
 
@@ -82,7 +83,7 @@ class Kernel:
         self.km.transport = "ipc"  # sockets in the sandbox's private folder: no other user can connect
         self.km.connection_file = str(sandbox.root / "kernel.json")
         self.km.ip = str(sandbox.root / "ipc")
-        self.env = sandbox.environment()
+        self.env = {**sandbox.environment(), GRADING: "1"}  # the notebook's own check() calls do nothing
         self.kc = None
 
     @property
