@@ -200,6 +200,8 @@ def read_observation(text: str, token: str | None) -> dict:
         raise MalformedObservation("not text, or larger than an observation may be")
     try:
         data = json.loads(text, parse_constant=reject_constant)
+    except MalformedObservation:
+        raise
     except (ValueError, RecursionError) as error:
         raise MalformedObservation(f"not JSON ({type(error).__name__})") from None
     if not (isinstance(data, dict) and data.get("token") == token and isinstance(data.get("observed"), dict)):

@@ -104,15 +104,19 @@ class Case:
     info: dict = field(default_factory=dict)
 
     def spec(self) -> dict:
-        """The case as the probe receives it: argument names and specs."""
-        return {"names": list(self.args), "args": [probe.encode(v) for v in self.args.values()],
-                "kwargs": {k: probe.encode(v) for k, v in self.kwargs.items()}}
+        """The case as the probe receives it: argument names and specs (written once; a case does not change)."""
+        if "_spec" not in self.__dict__:
+            self._spec = {"names": list(self.args), "args": [probe.encode(v) for v in self.args.values()],
+                          "kwargs": {k: probe.encode(v) for k, v in self.kwargs.items()}}
+        return self._spec
 
     def decoded(self) -> dict:
         """Every argument as the checking side reads it back from the probe (``checks.decode``), by name."""
-        spec = self.spec()
-        return {**{name: decode(value) for name, value in zip(spec["names"], spec["args"])},
-                **{name: decode(value) for name, value in spec["kwargs"].items()}}
+        if "_decoded" not in self.__dict__:
+            spec = self.spec()
+            self._decoded = {**{name: decode(value) for name, value in zip(spec["names"], spec["args"])},
+                             **{name: decode(value) for name, value in spec["kwargs"].items()}}
+        return self._decoded
 
     def inputs(self) -> dict:
         """Fresh copies of every argument, by name: what the learner's function received."""
@@ -387,14 +391,14 @@ class ChoiceExercise(Exercise):
     kind = "diagnose"
 
     def __init__(self, key, title, answer, *, options: dict, correct: str, why: dict, points, hint: str):
+        if not (set(correct) <= set(options) and set(why) == set(options)):
+            raise ValueError(f"{key}: correct ({correct!r}) must be letters of options, and why must explain each "
+                             f"option ({sorted(options)}); got why for {sorted(why)}.")
         solution = f'{answer} = "{correct}"\n\n' + "\n".join(f"# {letter}: {why[letter]}" for letter in options)
         super().__init__(key, title, answer, points=points, hint=hint, solution=solution)
         self.options = dict(options)
         self.correct = frozenset(correct)
         self.why = dict(why)
-        if not (self.correct <= set(self.options) and set(self.why) == set(self.options)):
-            raise ValueError(f"{key}: correct ({correct!r}) must be letters of options, and why must explain each "
-                             f"option ({sorted(self.options)}); got why for {sorted(self.why)}.")
 
     @property
     def multiple(self) -> bool:

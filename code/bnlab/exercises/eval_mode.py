@@ -88,6 +88,13 @@ class PredictInEvalMode(FunctionExercise):
             return Problem("the output has requires_grad=True", "gradients tracked")
         return problem
 
+    def assess(self, case, run):
+        problem = super().assess(case, run)
+        if problem is not None and problem.mistake is None and self.changes(case, run)["model"]["buffers"]:
+            return Problem(f"{problem.detail}, and running_mean, running_var or num_batches_tracked changed",
+                           "running statistics changed")
+        return problem
+
     def side_effects(self, case, run):
         changes = self.changes(case, run)
         report = changes["model"]
@@ -129,8 +136,13 @@ class FreezeBatchNorm(FunctionExercise):
     def make_case(self, generator, index):
         layers = random_mlp_layers(generator, placements=["before"] * randint(generator, 2, 3), flatten=False,
                                    dropout=True)
+        model = build_sequential(layers, generator)
+        for bn in (m for m in model.modules() if isinstance(m, nn.BatchNorm1d)):  # statistics worth keeping
+            bn.running_mean.copy_(normal(generator, bn.num_features))
+            bn.running_var.copy_(uniform(generator, 0.5, 2.0, bn.num_features))
+            bn.num_batches_tracked.fill_(100)
         pattern = MODE_PATTERNS[index % len(MODE_PATTERNS)]
-        return Case({"model": set_modes(build_sequential(layers, generator), pattern)}, info={"pattern": pattern})
+        return Case({"model": set_modes(model, pattern)}, info={"pattern": pattern})
 
     def expected(self, case):
         return [[name, kind, kind != "BatchNorm1d"] for name, kind, _ in modes(case.args["model"])]
