@@ -34,10 +34,13 @@ def add_options(p: argparse.ArgumentParser) -> None:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m bnlab.grade",
-        description="Grade exercise notebooks: run each in a fresh, sandboxed kernel, check every exercise on inputs "
-                    "the notebook never saw, and write one CSV row per submission with points per exercise and the "
-                    "total. Other commands: gradescope-bundle (a Gradescope autograder), gradescope-run.")
+        prog="python -m bnlab.grade", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Grade exercise notebooks: run each in a fresh, sandboxed kernel, check every exercise on inputs\n"
+                    "the notebook never saw, and write one CSV row per submission with points per exercise and the\n"
+                    "total.",
+        epilog="other commands:\n"
+               "  python -m bnlab.grade gradescope-bundle --out autograder.zip   a Gradescope autograder\n"
+               "  python -m bnlab.grade gradescope-run                          what its run_autograder calls")
     p.add_argument("submissions", nargs="+", metavar="SUBMISSION",
                    help="notebooks to grade (.ipynb), or folders of them")
     p.add_argument("--out", default="grades.csv", help="the CSV file to write (default: grades.csv)")

@@ -125,11 +125,13 @@ def expose(paths: list, staging: Path) -> None:
         return
     libc_call("unshare", CLONE_NEWNS)
     mount(None, "/", None, MS_REC | MS_PRIVATE)
+    count = 0
     for folder, inside in blocked.items():
         inside = sorted(p for p in inside if not any(q != p and q in p.parents for q in inside))
         stages = []
-        for index, path in enumerate(inside):
-            stage = staging / f"expose-{len(stages)}-{index}"
+        for path in inside:
+            stage = staging / f"expose-{count}"
+            count += 1
             stage.mkdir(parents=True)
             mount(path, stage, None, MS_BIND | MS_REC)
             stages.append((stage, path))
@@ -379,13 +381,19 @@ class Sandbox:
                         pass
             left = processes_of(self.uid)
         else:
-            for pid in ([kernel_pid] if kernel_pid else []) + marked_processes(self.mark):
-                for kill in (os.killpg, os.kill):
-                    try:
-                        kill(pid, signal.SIGKILL)
-                    except OSError:
-                        pass
-            left = marked_processes(self.mark)
+            for _ in range(50):
+                found = ([kernel_pid] if kernel_pid else []) + marked_processes(self.mark)
+                for pid in found:
+                    for kill in (os.killpg, os.kill):
+                        try:
+                            kill(pid, signal.SIGKILL)
+                        except OSError:
+                            pass
+                kernel_pid = None
+                left = marked_processes(self.mark)
+                if not left:
+                    break
+                time.sleep(0.02)
         remove(str(self.root))
         return left
 
