@@ -10,6 +10,7 @@ from exercise_answers import assert_mistake_named, assert_solution_passes
 FORWARD = "def batchnorm_forward(x, gamma, beta, eps=1e-5):\n    "
 FORWARD_2D = "def batchnorm2d_forward(x, gamma, beta, eps=1e-5):\n    "
 G, B = "gamma.view(1, -1, 1, 1)", "beta.view(1, -1, 1, 1)"
+BIASED = "torch.sqrt(x.var(0, unbiased=False) + eps)"
 
 WRONG = {
     ("ch01.q1", "unbiased variance"): FORWARD + "return gamma * (x - x.mean(0)) / torch.sqrt(x.var(0) + eps) + beta",
@@ -24,11 +25,9 @@ WRONG = {
         FORWARD + "return gamma * (x - x.mean(0)) / torch.sqrt(x.var(0, unbiased=False) + 1e-5) + beta",
     ("ch01.q1", "gamma and beta swapped"):
         FORWARD + "return beta * (x - x.mean(0)) / torch.sqrt(x.var(0, unbiased=False) + eps) + gamma",
-    ("ch01.q1", "gamma and beta missing"): FORWARD + "return (x - x.mean(0)) / torch.sqrt(x.var(0, unbiased=False) + eps)",
-    ("ch01.q1", "wrong dtype"): FORWARD + "x = x.double()\n"
-                                          "    return gamma * (x - x.mean(0)) / torch.sqrt(x.var(0, unbiased=False) + eps) + beta",
-    ("ch01.q1", "input changed in place"): FORWARD + "x -= x.mean(0)\n"
-                                                     "    return gamma * x / torch.sqrt(x.var(0, unbiased=False) + eps) + beta",
+    ("ch01.q1", "gamma and beta missing"): FORWARD + f"return (x - x.mean(0)) / {BIASED}",
+    ("ch01.q1", "wrong dtype"): FORWARD + f"x = x.double()\n    return gamma * (x - x.mean(0)) / {BIASED} + beta",
+    ("ch01.q1", "input changed in place"): FORWARD + f"x -= x.mean(0)\n    return gamma * x / {BIASED} + beta",
     ("ch01.q3", "statistics over the batch axis only"):
         FORWARD_2D + "m, v = x.mean(0, keepdim=True), x.var(0, unbiased=False, keepdim=True)\n"
                      f"    return {G} * (x - m) / torch.sqrt(v + eps) + {B}",

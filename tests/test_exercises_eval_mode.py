@@ -31,7 +31,8 @@ WRONG = {
                  "    model.train()",
     ("ch05.q5", "everything in eval mode"): FREEZE + "model.eval()",
     ("ch05.q5", "other layers in eval mode"):
-        FREEZE + "model.train()\n    for m in model.modules():\n        if isinstance(m, (nn.BatchNorm1d, nn.Dropout)):\n"
+        FREEZE + "model.train()\n    for m in model.modules():\n"
+                 "        if isinstance(m, (nn.BatchNorm1d, nn.Dropout)):\n"
                  "            m.eval()",
     ("ch05.q5", "input changed in place"):
         FREEZE + "model.train()\n    for m in model.modules():\n        if isinstance(m, nn.BatchNorm1d):\n"

@@ -12,7 +12,8 @@ BLOCK = "def hidden_block(n_in, n_out, placement, dropout=0.0):\n    "
 MEAN = "statistics.fmean"
 WRONG = {
     ("ch02.q1", "placement swapped"):
-        BLOCK + "if placement == 'after':\n        layers = [nn.Linear(n_in, n_out), nn.BatchNorm1d(n_out), nn.ReLU()]\n"
+        BLOCK + "if placement == 'after':\n"
+                "        layers = [nn.Linear(n_in, n_out), nn.BatchNorm1d(n_out), nn.ReLU()]\n"
                 "    else:\n        layers = [nn.Linear(n_in, n_out), nn.ReLU(), nn.BatchNorm1d(n_out)]\n"
                 "    return nn.Sequential(*layers, *([nn.Dropout(dropout)] if dropout > 0 else []))",
     ("ch02.q1", "dropout not last"):
@@ -25,7 +26,8 @@ WRONG = {
                 "        return nn.Sequential(nn.Linear(n_in, n_out), nn.BatchNorm1d(n_out), nn.ReLU())\n"
                 "    return nn.Sequential(nn.Linear(n_in, n_out), nn.ReLU(), nn.BatchNorm1d(n_out))",
     ("ch02.q2", "signed difference"):
-        f"def differs_beyond_noise(a, b):\n    return {MEAN}(a) - {MEAN}(b) > max(statistics.stdev(a), statistics.stdev(b))",
+        f"def differs_beyond_noise(a, b):\n    return {MEAN}(a) - {MEAN}(b) > max(statistics.stdev(a), "
+        f"statistics.stdev(b))",
     ("ch02.q2", "population standard deviation"):
         f"def differs_beyond_noise(a, b):\n    return abs({MEAN}(a) - {MEAN}(b)) > max(statistics.pstdev(a), "
         f"statistics.pstdev(b))",

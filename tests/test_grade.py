@@ -9,7 +9,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def test_python_dash_m_bnlab_grade_runs_the_graders_command_line():
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO / "code"), os.environ.get("PYTHONPATH")]))}
+    paths = [str(REPO / "code"), os.environ.get("PYTHONPATH")]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, paths))}
     result = subprocess.run([sys.executable, "-m", "bnlab.grade", "--help"], capture_output=True, text=True, env=env,
                             timeout=120)
     assert result.returncode == 0 and "gradescope-bundle" in result.stdout and "--jobs" in result.stdout

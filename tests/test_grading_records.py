@@ -39,7 +39,8 @@ def test_a_row_adds_up_and_names_what_did_not_pass():
     ("timeout", FAILED, "did not stop at it"), ("deaf", FAILED, "ignored the interrupt"),
     ("died", FAILED, "The kernel ended while `batchnorm_forward` was checked"),
     ("error: NameError: x", ERROR, "interfered with it (NameError: x)"), ("no record", ERROR, "left no record"),
-    ("kernel", ERROR, "the kernel did not start"), ("gave up", ERROR, "more than 2 times"), (None, ERROR, "Not checked"),
+    ("kernel", ERROR, "the kernel did not start"), ("gave up", ERROR, "more than 2 times"),
+    (None, ERROR, "Not checked"),
 ])
 def test_an_exercise_without_a_record_says_what_happened_to_it(why, status, words):
     outcome = Outcome(failures={"ch01.q1": why} if why else {})

@@ -79,7 +79,8 @@ def run(tmp_path_factory):
     for path in (grades, results, canary):
         path.write_text("from an earlier run")
     before = digest(folder)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO / "code"), os.environ.get("PYTHONPATH")]))}
+    paths = [str(REPO / "code"), os.environ.get("PYTHONPATH")]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, paths))}
     command = [sys.executable, "-m", "bnlab.grade", str(folder), "--out", str(grades), "--gradescope", str(results),
                "--timeout", str(TIMEOUT), "--check-timeout", str(CHECK_TIMEOUT), "--jobs", "2",
                "--first-uid", str(FIRST_UID)]

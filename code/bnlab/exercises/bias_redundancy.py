@@ -11,6 +11,9 @@ from .core import Case, ChoiceExercise, ExerciseSet, FunctionExercise, ValueExer
 from .inputs import build_sequential, normal, randint, random_mlp_layers, uniform
 
 
+BOTH_LAYERS = "Both hidden Linear layers are followed by BatchNorm: both lose their bias."
+
+
 class ParametersSaved(ValueExercise):
     def model(self, bias):
         from bnlab.models import MLPConfig, build_mlp  # the checking side only
@@ -30,8 +33,8 @@ class ParametersSaved(ValueExercise):
         return [
             ("output bias counted", want + 10,
              "The output layer keeps its bias: no BatchNorm follows it, so that bias is not redundant."),
-            ("one layer only", float(first), "Both hidden Linear layers are followed by BatchNorm: both lose their bias."),
-            ("one layer only", float(second), "Both hidden Linear layers are followed by BatchNorm: both lose their bias."),
+            ("one layer only", float(first), BOTH_LAYERS),
+            ("one layer only", float(second), BOTH_LAYERS),
             ("BatchNorm parameters counted", 2 * want,
              "bias=False removes the Linear layers' biases; BatchNorm's gamma and beta stay."),
         ]

@@ -321,7 +321,8 @@ class FunctionExercise(Exercise):
             if "raised" in run:
                 message = run["raised"]
                 extra = next((hint for text, hint in self.hint_on_error.items() if text in message), "")
-                return self.result(FAILED, f"`{self.answer}` raised {message} on {self.describe(case)}. {extra}".strip())
+                return self.result(FAILED, f"`{self.answer}` raised {message} on {self.describe(case)}. "
+                                           f"{extra}".strip())
             outputs.append(run["value"])
             problem = self.assess(case, run)
             if problem is not None:
