@@ -248,8 +248,10 @@ def batchnorm_forward(x, gamma, beta, eps=1e-5):
             pass'''
 
 HUGE_PRINT = '''
-import sys
+import os, sys
 from IPython.display import HTML, display
+os.write(1, b"FORGED 9/9  graded  everyone\\n")   # straight to the kernel's own stdout and stderr
+os.write(2, b"FORGED\\n")
 for _ in range(40):
     print("x" * 1_000_000)
 sys.stdout.write("y" * 30_000_000)

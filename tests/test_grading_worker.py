@@ -207,8 +207,9 @@ def test_a_notebook_without_a_known_exercise_set_gets_a_row_saying_so(run):
     assert row["status"] == "not graded" and "--exercises" in row["reason"]
 
 
-def test_huge_printed_outputs_cost_nothing(run):
+def test_huge_printed_outputs_cost_nothing_and_never_reach_the_graders_terminal(run):
     assert full(run.rows["huge_print_ex01"]), run.rows["huge_print_ex01"]["reason"]
+    assert "FORGED" not in run.stdout + run.stderr
 
 
 # --- budgets: each spent only by what it is for -------------------------------------------------------------------

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -93,7 +94,9 @@ class Kernel:
         return pid if isinstance(pid, int) else None
 
     async def start(self) -> None:
-        await maybe_await(self.km.start_kernel(env=self.env))
+        # The kernel writes to nowhere: what it prints to its own stdout must not reach the grader's terminal or log.
+        await maybe_await(self.km.start_kernel(env=self.env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                               stderr=subprocess.DEVNULL))
         self.kc = self.km.client()
         self.kc.start_channels(shell=True, iopub=True, stdin=False, hb=False, control=False)
         await asyncio.wait_for(maybe_await(self.kc.wait_for_ready(timeout=KERNEL_STARTUP)), KERNEL_STARTUP + 5)
@@ -133,9 +136,9 @@ class Kernel:
                 if isinstance(text, str) and len(text) <= probe.MAX_BYTES:
                     displays.append(text)
 
-    async def execute(self, code: str, timeout: float) -> Reply:
-        """Run ``code`` as a cell for at most ``timeout`` seconds."""
-        msg_id = self.kc.execute(code, store_history=False, allow_stdin=False, stop_on_error=False)
+    async def execute(self, code: str, timeout: float, *, history: bool = True) -> Reply:
+        """Run ``code`` as a cell for at most ``timeout`` seconds (``history``: numbered, as a notebook's cells are)."""
+        msg_id = self.kc.execute(code, store_history=history, allow_stdin=False, stop_on_error=False)
         displays: list = []
         outputs = asyncio.ensure_future(self.outputs_of(msg_id, displays))
         try:
@@ -242,7 +245,7 @@ async def run_cells(kernel: Kernel, cells: list, skip: set, timeout: float, outc
 
 async def run_probe(kernel: Kernel, key: str, request_text: str, check_timeout: float, outcome: Outcome) -> bool:
     """Probe one exercise; True if the kernel can go on with the next."""
-    reply = await kernel.execute(probe_cell(request_text), check_timeout + PROBE_MARGIN)
+    reply = await kernel.execute(probe_cell(request_text), check_timeout + PROBE_MARGIN, history=False)
     if reply.displays:
         outcome.observations[key] = reply.displays[0]
     if reply.status == "timeout":
