@@ -50,6 +50,20 @@ def test_a_fault_of_the_graders_own_still_gives_every_submission_its_row(tmp_pat
     assert [r.exercise for r in row.results] == [e.key for e in SETS["ch02"]] and row.total == 0
 
 
+def test_grading_works_where_an_event_loop_already_runs(tmp_path):
+    """As in a notebook: grade_submissions is called while an asyncio loop runs in the thread."""
+    import asyncio
+
+    path = tmp_path / "alice_ex01.ipynb"
+    path.write_text("{broken")
+
+    async def from_a_notebook():
+        return grade_submissions([path], Options(isolate=False))
+
+    rows = asyncio.run(from_a_notebook())
+    assert "malformed JSON" in rows[0].reason
+
+
 def test_a_kernel_that_does_not_start_gives_a_row_with_the_reason(tmp_path):
     path = tmp_path / "alice_ex01.ipynb"
     nbformat.write(solved("ch01"), path)

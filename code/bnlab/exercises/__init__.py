@@ -15,7 +15,8 @@ the probe saw, and exact comparisons), ``probe`` (what runs where the learner's 
 inputs), and one module per chapter, named for its idea, each with an ``EXERCISES`` set.
 
 A new chapter adds its exercises by adding one module here that defines ``EXERCISES = ExerciseSet("ch06", ...)``:
-the registry below finds it, ``from bnlab.exercises import ch06`` works, and the grader knows the set.
+the registry below finds it, ``from bnlab.exercises import ch06`` works, and the grader knows the set. (A helper
+module that is not a chapter's goes into ``FRAMEWORK``, or gets a name starting with ``_``.)
 """
 
 from __future__ import annotations

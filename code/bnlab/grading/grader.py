@@ -12,6 +12,7 @@ import json
 import os
 import secrets
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 from ..exercises import SETS
 from ..exercises.probe import describe_error
@@ -119,7 +120,13 @@ def grade_submissions(paths, options: Options = Options(), *, jobs: int = 1, on_
     if isinstance(jobs, bool) or not (isinstance(jobs, int) and jobs >= 1):
         raise ValueError(f"jobs must be a positive integer; got {jobs!r}.")
     submissions = [read_submission(path, set(SETS), options.exercises) for path in paths]
-    return asyncio.run(grade_all(submissions, options, jobs, on_grade))
+    work = grade_all(submissions, options, jobs, on_grade)
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:  # the usual case: no event loop runs in this thread
+        return asyncio.run(work)
+    with ThreadPoolExecutor(max_workers=1) as thread:  # called from a notebook, whose event loop is running
+        return thread.submit(asyncio.run, work).result()
 
 
 def grade_submission(path, options: Options = Options()) -> Grade:
