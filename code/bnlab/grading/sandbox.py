@@ -67,13 +67,6 @@ def can_isolate() -> bool:
 # --- the launcher: runs as root, as a script, just before the kernel --------------------------------------------
 
 
-def no_new_privileges() -> None:
-    """``prctl(PR_SET_NO_NEW_PRIVS)``: from now on, executing a set-uid program gives no privileges."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(38, 1, 0, 0, 0) != 0:
-        raise OSError(ctypes.get_errno(), "prctl(PR_SET_NO_NEW_PRIVS) failed")
-
-
 def become(uid: int, gid: int) -> None:
     """Drop root for good: no groups, real, effective and saved ids all ``uid`` / ``gid``."""
     os.setgroups([])
@@ -94,6 +87,11 @@ def libc_call(name: str, *args) -> None:
     if getattr(libc, name)(*args) != 0:
         error = ctypes.get_errno()
         raise OSError(error, f"{name}: {os.strerror(error)}")
+
+
+def no_new_privileges() -> None:
+    """``prctl(PR_SET_NO_NEW_PRIVS)``: from now on, executing a set-uid program gives no privileges."""
+    libc_call("prctl", 38, 1, 0, 0, 0)
 
 
 def mount(source, target, fstype, flags: int, data=None) -> None:

@@ -45,6 +45,12 @@ async def maybe_await(value):
     return await value if inspect.isawaitable(value) else value
 
 
+def field_of(message, name: str) -> dict:
+    """A message's ``header``, ``parent_header`` or ``content``: a dict, whatever the kernel sent."""
+    value = message.get(name) if isinstance(message, dict) else None
+    return value if isinstance(value, dict) else {}
+
+
 def kernel_manager_class():
     if PatientKernelManager is not None:
         return PatientKernelManager
@@ -116,7 +122,7 @@ class Kernel:
                 if not await self.alive():
                     return None
                 continue
-            if message.get("parent_header", {}).get("msg_id") == msg_id:
+            if field_of(message, "parent_header").get("msg_id") == msg_id:
                 return message
 
     async def outputs_of(self, msg_id: str, displays: list) -> None:
@@ -126,13 +132,13 @@ class Kernel:
                 message = await self.kc.get_iopub_msg(timeout=1)
             except Empty:
                 continue
-            if message.get("parent_header", {}).get("msg_id") != msg_id:
+            if field_of(message, "parent_header").get("msg_id") != msg_id:
                 continue
-            kind, content = message.get("msg_type"), message.get("content", {})
+            kind, content = field_of(message, "header").get("msg_type"), field_of(message, "content")
             if kind == "status" and content.get("execution_state") == "idle":
                 return
-            if kind in ("display_data", "execute_result"):
-                text = content.get("data", {}).get(probe.MIME_TYPE)
+            if kind in ("display_data", "execute_result") and isinstance(content.get("data"), dict):
+                text = content["data"].get(probe.MIME_TYPE)
                 if isinstance(text, str) and len(text) <= probe.MAX_BYTES:
                     displays.append(text)
 
@@ -153,7 +159,7 @@ class Kernel:
             await asyncio.wait_for(outputs, OUTPUT_GRACE)
         except asyncio.TimeoutError:
             pass
-        content = message.get("content", {})
+        content = field_of(message, "content")
         payload = content.get("payload") if isinstance(content.get("payload"), list) else []
         exits = any(isinstance(p, dict) and p.get("source") == "ask_exit" and not p.get("keepkernel") for p in payload)
         if content.get("status") == "error":
