@@ -116,7 +116,7 @@ def reordered(notebook):
 # --- hostile ------------------------------------------------------------------------------------------------------
 
 REACH_THE_GRADER = '''
-import glob, os, shutil, subprocess, sys
+import os, shutil, subprocess, sys
 
 def targets():
     """Every path on a grader's command line, and every process's working folder (from /proc)."""
@@ -145,7 +145,7 @@ def attack(paths):
             except Exception:
                 pass
 
-attack(targets() | set(glob.glob("/tmp/*")) | {"/run/bnlab-grader"})
+attack(targets() | {"/run/bnlab-grader"})
 DAEMON = """
 import os, sys, time
 os.setsid()
@@ -272,11 +272,12 @@ def stored_outputs(notebook, megabytes: int):
     return notebook
 
 
-def hostile() -> dict:
+def hostile(*, destructive: bool) -> dict:
+    """The hostile set; ``destructive``: with the notebook that deletes and rewrites every path on the grader's
+    command line (only where the grader isolates it: run without isolation, it would succeed)."""
     ex01 = lambda: solved("ch01")  # noqa: E731
-    return {
+    found = {
         "deaf_answer_ex01": answers("ch01", {"q1": DEAF_ANSWER}),
-        "reach_the_grader_ex02": insert(solved("ch02"), after_imports(solved("ch02")), REACH_THE_GRADER),
         "os_exit_ex04": insert(insert(answers("ch04", {"q1": solved_then("ch04", "q1", "__import__('os')._exit(0)")}),
                                       3, "import os\nos._exit(1)"), 5, "exit()"),
         "exit_in_answer_ex01": answers("ch01", {"q3": solved_then("ch01", "q3", "exit()")}),
@@ -290,3 +291,6 @@ def hostile() -> dict:
         "stored_outputs_ex01": stored_outputs(ex01(), 60),
         "printed_claims_ex01": stored_outputs(exercise_notebook("ch01"), 0),
     }
+    if destructive:
+        found["reach_the_grader_ex02"] = insert(solved("ch02"), after_imports(solved("ch02")), REACH_THE_GRADER)
+    return found

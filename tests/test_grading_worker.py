@@ -45,7 +45,7 @@ def submissions() -> dict:
         "deaf_loop_ex01": build.insert(solved("ch01"), after_check(ex01, "q1"),
                                        "import signal\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\nwhile True:\n"
                                        "    pass"),
-        **build.hostile(),
+        **build.hostile(destructive=can_isolate()),
         **build.honest(),
         **{f"solved_ex{k[2:]}": solved(k) for k in SETS},
         "untouched_ex01": build.untouched("ch01"),
