@@ -9,7 +9,12 @@ import textwrap
 import nbformat
 
 from bnlab.exercises import SETS
+from bnlab.grading.grader import kernel_command
+from bnlab.grading.sandbox import isolation_problem
 from bnlab.grading.throughput import exercise_notebook, solved, with_answers
+
+# Whether the grader isolates learner code here (root, and Python reachable by its sandbox users).
+ISOLATED = isolation_problem(kernel_command("python3")) is None
 
 
 def code(source: str):

@@ -4,7 +4,6 @@ and the exercise notebooks match the checks."""
 import json
 import re
 import sys
-import types
 from pathlib import Path
 
 import pytest

@@ -160,7 +160,6 @@ def test_an_answer_cannot_reach_the_reference_from_its_callers():
     """The probe that calls the answer holds no reference: nothing in the call stack or among live objects has an
     ``expected`` that knows the case."""
     def batchnorm_forward(x, gamma, beta, eps=1e-5):
-        import gc
         import sys
         frame = sys._getframe(1)
         while frame is not None:

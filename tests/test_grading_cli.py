@@ -13,7 +13,7 @@ import pytest
 
 from bnlab.exercises import SETS
 from bnlab.grading.cli import main
-from bnlab.grading.sandbox import can_isolate
+from submission_builders import ISOLATED
 from bnlab.grading.throughput import exercise_notebook, solved
 
 
@@ -41,7 +41,7 @@ def test_command_line_writes_one_row_per_submission_in_order(tmp_path, capsys):
     assert results["score"] == SETS["ch01"].max_points == sum(t["score"] for t in results["tests"])
 
 
-@pytest.mark.skipif(not can_isolate(), reason="the notice is about isolated kernels (root)")
+@pytest.mark.skipif(not ISOLATED, reason="the notice is about isolated kernels (root)")
 def test_submissions_other_users_can_read_are_named_with_the_fix(capsys):
     folder = Path(tempfile.mkdtemp(prefix="bnlab-test-open-"))
     try:

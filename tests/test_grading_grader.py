@@ -1,8 +1,6 @@
 """bnlab.grading.grader: every submission is read before any learner code runs, a fault never costs the row, and
 when learner code cannot be isolated the grader says so, once."""
 
-import shutil
-
 import nbformat
 import pytest
 

@@ -20,7 +20,6 @@ import submission_builders as build
 from bnlab.exercises import SETS
 from bnlab.grading.gradescope import build_bundle
 from bnlab.grading.records import Options
-from bnlab.grading.sandbox import can_isolate
 from bnlab.grading.throughput import solved
 
 PACKAGE = Path(__file__).resolve().parents[1] / "code" / "bnlab"
@@ -86,7 +85,7 @@ def autograde(bundle: Path, root: Path, submission) -> dict:
 
 
 @pytest.mark.parametrize("kind", ["correct", "broken", pytest.param("hostile", marks=pytest.mark.skipif(
-    not can_isolate(), reason="without isolation (root), the hostile submission would reach the grader's files"))])
+    not build.ISOLATED, reason="without isolation (root), the hostile submission would reach the grader's files"))])
 def test_run_autograder_grades_each_submission_right(bundle, tmp_path, kind):
     submission = {"correct": solved("ch01"), "broken": '{"cells": [', "hostile": build.insert(
         build.answers("ch01", {"q2": "answer_q2 = 1"}), 3, HOSTILE)}[kind]

@@ -17,11 +17,13 @@ import pytest
 
 from bnlab.grading import sandbox
 from bnlab.grading.sandbox import (
-    Sandbox, UidPool, blocked_by, can_isolate, isolation_problem, kernel_paths, known_id, marked_processes,
+    Sandbox, UidPool, blocked_by, isolation_problem, kernel_paths, known_id, marked_processes,
     namespace_available, open_to_others, private_folder, processes_of,
 )
 
-root_only = pytest.mark.skipif(not can_isolate(), reason="isolation needs root")
+# The launcher runs this Python as a sandbox user: root, and the interpreter reachable (or shown in a namespace).
+ISOLATED = isolation_problem([sys.executable]) is None
+root_only = pytest.mark.skipif(not ISOLATED, reason="isolation needs root")
 FIRST_UID = 63000  # apart from the other tests' sandbox users
 
 REPORT = """
@@ -45,7 +47,7 @@ def run_in(box: Sandbox, code: str, **kwargs) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def pool():
-    if not can_isolate():
+    if not ISOLATED:
         pytest.skip("isolation needs root")
     pool = UidPool(2, FIRST_UID)
     yield pool
@@ -164,7 +166,7 @@ def test_the_lock_folder_must_be_roots_alone(tmp_path):
 
 
 @root_only
-@pytest.mark.skipif(not (can_isolate() and namespace_available()), reason="needs a private mount namespace")
+@pytest.mark.skipif(not (ISOLATED and namespace_available()), reason="needs a private mount namespace")
 def test_a_needed_path_inside_a_private_folder_is_shown_to_the_sandbox_alone(box):
     top = Path(tempfile.mkdtemp(prefix="bnlab-test-expose-"))
     try:

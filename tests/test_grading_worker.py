@@ -22,14 +22,14 @@ import nbformat
 import pytest
 
 import submission_builders as build
-from bnlab.exercises import ERROR, FAILED, NOT_ATTEMPTED, NOT_FOUND, PASSED, POINTS, SETS
-from bnlab.grading.sandbox import can_isolate, processes_of
+from bnlab.exercises import FAILED, NOT_ATTEMPTED, NOT_FOUND, PASSED, POINTS, SETS
+from bnlab.grading.sandbox import processes_of
 from bnlab.grading.throughput import solved
 
 REPO = Path(__file__).resolve().parents[1]
 FIRST_UID = 62000  # apart from other tests' sandbox users
 TIMEOUT, CHECK_TIMEOUT = 30, 3
-root_only = pytest.mark.skipif(not can_isolate(), reason="isolation needs the grader to run as root")
+root_only = pytest.mark.skipif(not build.ISOLATED, reason="isolation needs the grader to run as root")
 
 
 def after_check(notebook, name: str) -> int:
@@ -45,7 +45,7 @@ def submissions() -> dict:
         "deaf_loop_ex01": build.insert(solved("ch01"), after_check(ex01, "q1"),
                                        "import signal\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\nwhile True:\n"
                                        "    pass"),
-        **build.hostile(destructive=can_isolate()),
+        **build.hostile(destructive=build.ISOLATED),
         **build.honest(),
         **{f"solved_ex{k[2:]}": solved(k) for k in SETS},
         "untouched_ex01": build.untouched("ch01"),
@@ -297,4 +297,4 @@ def test_results_json_has_one_visible_test_per_exercise(run):
 
 def test_the_run_says_whether_learner_code_was_isolated(run):
     said = "learner code is not isolated" in run.stderr
-    assert said is not can_isolate()
+    assert said is not build.ISOLATED

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .checks import Problem, changed_inputs, describe_value, tensor_problem
+from .checks import Problem, changed_inputs, tensor_problem
 from .core import Case, ChoiceExercise, ExerciseSet, FunctionExercise, ValueExercise
 from .inputs import build_sequential, normal, randint, random_mlp_layers, seeded, uniform
 
