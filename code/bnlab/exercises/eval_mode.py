@@ -435,7 +435,8 @@ def train_with_frozen_batchnorm(model):
         why={
             "A": "running_mean is all 0 and running_var all 1, although num_batches_tracked counted every training "
                  "step, and the layers have momentum=0.0: each step kept the old running values in full. Eval mode "
-                 "then normalises inputs around 20 as if they had mean 0 and variance 1.",
+                 "then treats every feature reaching BatchNorm as if it had mean 0 and variance 1; with inputs "
+                 "around 20, they are far from that.",
             "B": "A reset also sets num_batches_tracked to 0, but the counter holds the number of training steps; "
                  "and the layers' momentum is 0.0.",
             "C": "The counter equals the number of training steps, so nothing went through in train mode after "
