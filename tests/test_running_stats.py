@@ -108,9 +108,9 @@ def test_plots_label_each_setting():
 # --- BatchNorm layers in a model ---------------------------------------------------------------------------------
 
 
-def test_batchnorm_layers_lists_only_layers_with_running_statistics():
+def test_tracked_layers_lists_only_layers_with_running_statistics():
     model = nn.Sequential(nn.BatchNorm1d(3), nn.BatchNorm1d(3, track_running_stats=False), nn.BatchNorm2d(2))
-    assert [name for name, _ in running_stats.batchnorm_layers(model)] == ["0", "2"]
+    assert [name for name, _ in running_stats.tracked_layers(model)] == ["0", "2"]
 
 
 def test_set_momentum_sets_every_layer_and_rejects_a_model_without_batchnorm():
@@ -220,10 +220,30 @@ def test_with_precise_bn_leaves_the_original_alone():
     assert not torch.equal(twin[1].running_mean, torch.zeros(5))
 
 
-def test_precise_bn_skips_layers_without_running_statistics():
-    model = nn.Sequential(nn.BatchNorm1d(6, track_running_stats=False), nn.BatchNorm1d(6))
+def test_precise_bn_skips_layers_without_running_statistics_after_the_last_one_with_them():
+    model = nn.Sequential(nn.BatchNorm1d(6), nn.Linear(6, 3), nn.BatchNorm1d(3, track_running_stats=False))
     assert running_stats.precise_bn(model, known_data()) == 1
-    assert model[0].running_mean is None
+    assert model[2].running_mean is None
+    torch.testing.assert_close(model[0].running_mean, known_data().double().mean(0).float())
+
+
+def test_precise_bn_refuses_a_layer_without_running_statistics_before_one_with_them():
+    model = nn.Sequential(nn.BatchNorm1d(6, track_running_stats=False), nn.Linear(6, 3), nn.BatchNorm1d(3))
+    with pytest.raises(ValueError, match=r"'0' has no running statistics .* runs before '2'.*depend on batch_size"):
+        running_stats.precise_bn(model, known_data(), batch_size=7)
+    assert torch.equal(model[2].running_mean, torch.zeros(3))  # nothing changed
+    assert model.training and all(m.training for m in model)
+
+
+@pytest.mark.parametrize("batch_size", [1, 7, 299])  # 300 rows: batches of 1, or a last batch of one row
+def test_precise_bn_takes_batches_of_a_single_row(batch_size):
+    model = nn.Sequential(nn.BatchNorm1d(6), nn.Linear(6, 3), nn.BatchNorm1d(3), nn.ReLU(),
+                          nn.BatchNorm1d(3, track_running_stats=False))
+    reference = copy.deepcopy(model)
+    running_stats.precise_bn(model, known_data(), batch_size=batch_size)
+    running_stats.precise_bn(reference, known_data(), batch_size=300)
+    for a, b in zip(model.buffers(), reference.buffers()):
+        torch.testing.assert_close(a, b)
 
 
 def test_precise_bn_rejects_a_model_without_batchnorm():
