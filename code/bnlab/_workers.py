@@ -42,7 +42,8 @@ def _ready() -> int:
     return os.getpid()
 
 
-def _call(fn, task):
+def call_with_data(fn, task):
+    """What a worker runs for a task: ``fn(task, data)`` with the worker's data set."""
     return fn(task, _data)
 
 
@@ -100,7 +101,7 @@ def results(fn, tasks: list, data: Dataset, *, workers: int, threads: int | None
             yield task, result
         return
     try:
-        futures = {pool.submit(_call, fn, task): task for task in tasks}
+        futures = {pool.submit(call_with_data, fn, task): task for task in tasks}
         for future in concurrent.futures.as_completed(futures):
             task = futures[future]
             try:
