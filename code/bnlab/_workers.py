@@ -1,6 +1,7 @@
 """Worker processes for ``bnlab.experiments``: each holds one data set and computes with a fixed number of threads.
 
-The data set is copied once into shared memory, which every worker maps (nothing big goes through a pipe).
+The data set is copied once into shared memory, which every worker maps (nothing big goes through a pipe) and
+copies into its own memory.
 Workers start with ``forkserver`` where it exists, else ``spawn``: a fresh interpreter that imports ``bnlab``,
 safe in a notebook kernel (which ``fork`` is not). The function a worker runs must be importable from ``bnlab``.
 """
@@ -15,7 +16,7 @@ import warnings
 
 import torch
 
-from .data import Dataset, Split
+from .data import Dataset, Split, empty_on_huge_pages
 
 _data: Dataset | None = None  # in a worker: the data set every task uses
 
@@ -33,9 +34,16 @@ def using_threads(threads: int | None):
 
 
 def _start(data: Dataset, threads: int) -> None:
+    """Runs once in each worker: its own copy of the images, on huge pages as ``load_mnist`` keeps them (training
+    gathers its batches at random from the whole split), and ``threads`` threads."""
     global _data
     torch.set_num_threads(threads)
-    _data = data
+
+    def own(split: Split) -> Split:
+        return Split(empty_on_huge_pages(tuple(split.images.shape), split.images.dtype).copy_(split.images),
+                     split.labels.clone())
+
+    _data = Dataset(data.name, own(data.train), own(data.val), own(data.test))
 
 
 def _ready() -> int:
