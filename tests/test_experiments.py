@@ -280,7 +280,8 @@ def test_the_comparisons_table_shows_each_comparison_with_its_interval_p_and_ver
     table = comparisons_table([first, second], caption="test accuracy, MNIST-10k subset")
     assert table.caption == "test accuracy, MNIST-10k subset"
     assert table.header == ("a", "b", "mean(a) - mean(b)", "95 % CI", "p", "verdict (by the seeds)")
-    assert table.rows[0] == ("a", "b", "+1.70", f"{first.ci[0]:+.2f} to {first.ci[1]:+.2f}", f"{first.p:.3f}", "supported")
+    interval = f"{first.ci[0]:+.2f} to {first.ci[1]:+.2f}"
+    assert table.rows[0] == ("a", "b", "+1.70", interval, f"{first.p:.3f}", "supported")
     assert table.rows[1][:2] == ("a", "c") and table.rows[1][5] == "not supported"
     assert "not supported" in str(table) and table._repr_html_().count("<tr>") == 3
     welch = compare_runs(a, seed_runs("d", [95.0, 95.5, 96.0], seeds=(7, 8, 9)))
