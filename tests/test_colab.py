@@ -8,7 +8,8 @@ The Colab-like run builds a fresh virtual environment with Colab's kernel and wi
 7.34, ipykernel 6.17) and reuses this project's torch: a .pth file puts .venv's site-packages on the path after the
 new environment's own, so the new environment's packages win. A kernel in it starts as Colab's does, with
 ``google.colab`` imported, so the setup cell runs its ``%pip install``; git rewrites the repository's address to this
-checkout, so pip clones this checkout's committed HEAD. Then the chapters with widgets (2 and 4) run end to end with nbclient.
+checkout, so pip clones this checkout's committed HEAD. Then the chapters with widgets (2 and 4) run end to end with nbclient,
+and the chapters' explorer cells display their interactive figures under Colab's Altair (5.5.0).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import nbformat
 import pytest
 import yaml
 
-from bnlab.notebooks import notebook_client
+from bnlab.grading.kernels import notebook_client
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = yaml.safe_load((REPO / "_config.yml").read_text())
@@ -42,6 +43,7 @@ COLAB_PACKAGES = [
     "ipython==7.34.0",
     "traitlets==5.7.1",
     "jupyter-client==6.1.12",
+    "altair==5.5.0",  # the interactive figures' library, preinstalled in Colab
     "setuptools",  # installed --upgrade: Colab's is recent, and torch requires a recent one
 ]
 WIDGET_CHAPTERS = [REPO / "chapters" / "02_placement.ipynb", REPO / "chapters" / "04_running_statistics.ipynb"]
@@ -185,3 +187,54 @@ def test_widget_chapter_runs_end_to_end_in_a_colab_like_environment(chapter, col
     assert views, f"{chapter.name} displayed no widget"
     chapter_text = "\n".join(out.get("text", "") for out in outputs[:-1] if out.get("name") == "stdout")
     assert re.search(rf"\b{probe['device']}\b", chapter_text), f"the chapter does not say it trains on {probe['device']}"
+
+
+# --- the interactive figures in a Colab-like environment -------------------------------------------------------------
+
+EXPLORER_CHAPTERS = {"02_placement": "placement_explorer(runs)", "04_running_statistics": "momentum_explorer()"}
+
+# What chapter 2's explorer cell needs: runs shaped like run_variants' (two variants, three seeds, a few epochs).
+EXPLORER_PRELUDE = """\
+import altair
+from bnlab.experiments import SeedRuns
+from bnlab.models import MLPConfig
+from bnlab.plots import running_mean
+from bnlab.plots.placement import placement_explorer
+from bnlab.training import EpochStats, History
+
+def history(seed, shift):
+    epochs = [EpochStats(e, shift + seed / e, 80.0, 90.0 + e, 0.1) for e in range(1, 5)]
+    return History("MNIST-10k subset", "cpu", epochs, 95.0)
+
+runs = {p: SeedRuns(p, MLPConfig(placement=p), (1, 2, 3), tuple(history(s, i) for s in (1, 2, 3)))
+        for i, p in enumerate(("before", "after"))}
+print("ALTAIR " + altair.__version__)
+"""
+
+
+def explorer_cell(chapter: str) -> str:
+    """The chapter's explorer cell, as the chapter has it."""
+    nb = nbformat.read(REPO / "chapters" / f"{chapter}.ipynb", as_version=4)
+    (cell,) = [c for c in nb.cells if c.cell_type == "code" and c.source.startswith("explorer = ")
+               and EXPLORER_CHAPTERS[chapter] in c.source]
+    return cell.source
+
+
+def test_explorer_cells_display_their_interactive_figure_under_colabs_altair(colab_env, tmp_path, monkeypatch):
+    monkeypatch.setenv("JUPYTER_PATH", str(colab_env["jupyter_path"]))
+    setup = setup_cell(NOTEBOOKS[0]).source
+    cells = [setup, EXPLORER_PRELUDE, *(explorer_cell(chapter) for chapter in EXPLORER_CHAPTERS)]
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(source) for source in cells])
+    notebook_client(nb, kernel_name="colab-like", timeout=600, resources={"metadata": {"path": str(tmp_path)}}).execute()
+
+    outputs = [cell.outputs for cell in nb.cells]
+    assert not [o for cell in outputs for o in cell if o.output_type == "error"]
+    assert any("ALTAIR 5.5.0" in o.get("text", "") for o in outputs[1]), "Colab's Altair is 5.5.0"
+    for chapter, figure in zip(EXPLORER_CHAPTERS, outputs[2:]):
+        (shown,) = [o for o in figure if o.output_type == "execute_result"]
+        assert set(shown.data) == {"text/html", "image/png", "text/plain"}, chapter
+        html = shown.data["text/html"]
+        assert html.startswith('<figure class="bnlab-explorer"'), chapter
+        spec = json.loads(html.split('class="bnlab-explorer-spec">')[1].split("</script>")[0].replace("<\\/", "</"))
+        assert spec["$schema"].endswith("/v5.20.1.json") and spec["params"], chapter
+

@@ -17,11 +17,12 @@ Modules, named for the ideas the chapters use:
 * ``folding``: folding an eval-mode BatchNorm into the Linear layer before or after it (chapter 3).
 * ``running_stats``: the momentum average of the statistics, and precise BN (chapter 4).
 * ``modes``: train mode and eval mode, freezing BatchNorm while fine-tuning (chapter 5).
-* ``plots`` and ``widgets``: figures and interactive explorers.
-* ``exercises`` and ``grade``: the graded exercises' checks, and ``python -m bnlab.grade`` for instructors.
-* ``notebooks``: running notebooks with nbclient without sleeping through a kernel's message (grader, book build).
-* ``bench``: ``python -m bnlab.bench``, how fast the plain loop and the fused step train against the standard
-  DataLoader pipeline.
+* ``plots``: every figure: curves, seed spreads, running statistics, and explorers, embedded in the page (Altair)
+  or live (ipywidgets).
+* ``exercises``: the graded exercises (the framework, the probe that runs an answer, one module per chapter).
+* ``grading``: ``python -m bnlab.grade`` for instructors: sandboxed kernels, reports, the Gradescope autograder,
+  and ``grading.kernels``, running notebooks without sleeping through a kernel's message (grader, book build).
+* ``bench``: ``python -m bnlab.bench``, how fast training runs against the standard DataLoader pipeline.
 * ``profiles``, ``reference``, ``book``: run sizes (``BNLAB_PROFILE``), the lecture's recorded numbers, glue.
 """
 
