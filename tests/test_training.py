@@ -55,6 +55,20 @@ def test_history_has_one_row_per_epoch_and_names_the_data(small_data):
     assert History.from_dict(history.to_dict()) == history
 
 
+def test_a_cpu_run_records_the_threads_it_computed_with(small_data):
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        _, history = train_mlp(MLPConfig(), small_data, SHORT, device="cpu", progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    assert history.threads == 1
+    assert History.from_dict(history.to_dict()).threads == 1
+    stored = history.to_dict()
+    del stored["threads"]  # a History stored before the field existed
+    assert History.from_dict(stored).threads is None
+
+
 def test_training_learns_far_above_chance(small_data):
     _, history = train_mlp(MLPConfig(), small_data, TrainConfig(epochs=5, batch_size=100), device="cpu", progress=False)
     assert history.test_acc > 70  # chance is 10 %

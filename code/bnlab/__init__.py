@@ -11,7 +11,8 @@ Modules, named for the ideas the chapters use:
   selection, seeding, the per-epoch ``History``.
 * ``fast``: speed-ups beside the loop: a fused MLP step with the plain step's bits (checked at first use, with a
   fallback), CUDA graphs (opt-in).
-* ``experiments``: several seeds per configuration, cached on disk; spreads, tables, comparisons.
+* ``experiments``: runs cached on disk; several seeds per configuration in parallel worker processes; tables.
+* ``stats``: the book's one statistical rule: ``Spread``, ``compare`` (paired t-test, 95 % CI), verdict sentences.
 * ``batchnorm``: BatchNorm written out by hand, checked against ``torch.nn.BatchNorm1d`` (chapter 1).
 * ``folding``: folding an eval-mode BatchNorm into the Linear layer before or after it (chapter 3).
 * ``running_stats``: the momentum average of the statistics, and precise BN (chapter 4).

@@ -95,12 +95,17 @@ class EpochStats:
 
 @dataclass
 class History:
-    """What happened in one training run."""
+    """What happened in one training run.
+
+    ``threads`` is the number of CPU threads a run on the CPU computed with (``None`` on a GPU): the CPU's
+    kernels split their sums by thread, so the same seed gives slightly different bits with 1 and 2 threads.
+    """
 
     dataset: str
     device: str
     epochs: list[EpochStats] = field(default_factory=list)
     test_acc: float | None = None
+    threads: int | None = None
 
     def column(self, name: str) -> list[float]:
         """One metric over the epochs, e.g. ``history.column("val_acc")``."""
@@ -129,7 +134,7 @@ class History:
 
     @classmethod
     def from_dict(cls, d: dict) -> "History":
-        return cls(d["dataset"], d["device"], [EpochStats(**e) for e in d["epochs"]], d["test_acc"])
+        return cls(d["dataset"], d["device"], [EpochStats(**e) for e in d["epochs"]], d["test_acc"], d.get("threads"))
 
 
 def pick_device(device: str | torch.device | None = None) -> torch.device:
@@ -280,7 +285,8 @@ def train(
     torch.manual_seed(config.seed)  # dropout masks
     order_generator = torch.Generator().manual_seed(config.seed)  # batch order, as BatchLoader(seed=config.seed)
     steps_per_epoch = len(data.train) // config.batch_size
-    history = History(dataset=data.name, device=describe_device(device))
+    threads = torch.get_num_threads() if device.type == "cpu" else None
+    history = History(dataset=data.name, device=describe_device(device), threads=threads)
 
     bar = tqdm(range(1, config.epochs + 1), desc=f"training on {history.device}", disable=not progress, leave=False)
     for epoch in bar:

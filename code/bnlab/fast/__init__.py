@@ -4,7 +4,9 @@
 
 * ``fused``: ``FusedEngine``, a training step for the course's MLPs without an autograd graph, bitwise the plain
   step's (checked against it at first use; it falls back to the plain step with a warning where it is not);
-* ``graphs``: ``GraphEngine``, a step captured once as a CUDA graph and replayed for every batch (opt-in).
+* ``graphs``: ``GraphEngine``, a step captured once as a CUDA graph and replayed for every batch (opt-in);
+* ``stacked``: ``train_stacked``, all seeds of one MLP configuration trained together as one stacked model, equal
+  to the seeds trained alone up to rounding (opt-in: ``bnlab.experiments.run_seeds(..., stacked=True)``).
 
 Use one with ``train(model, data, config, engine=default_engine())``.
 """
