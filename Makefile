@@ -9,9 +9,10 @@
 # every notebook reads it there. With the test-set files alone, the offline "MNIST-10k subset" is built instead
 # (data/mnist-10k). With neither, torchvision downloads MNIST into ./data.
 #
-# Browser assets: the book serves MathJax and the Jupyter widgets HTML manager itself, so that it renders offline
-# and without third-party CDNs. npm installs the versions pinned in book/package-lock.json; the files the book
-# loads are copied into $(VENDOR), which _config.yml hands to Sphinx as a static folder.
+# Browser assets: the book serves MathJax, the Jupyter widgets HTML manager and Vega (vega, vega-lite, vega-embed:
+# the interactive figures) itself, so that it renders offline and without third-party CDNs. npm installs the
+# versions pinned in book/package-lock.json; the files the book loads are copied into $(VENDOR), which _config.yml
+# hands to Sphinx as a static folder.
 #
 # The two builds keep separate MyST-NB execution caches (under their output paths), because the cache keys on the
 # notebooks' code, not on BNLAB_PROFILE: ci-profile outputs must never reach the full book.
@@ -45,10 +46,16 @@ vendor: $(VENDOR)/.installed
 $(VENDOR)/.installed: book/package.json book/package-lock.json
 	$(NPM) ci --prefix book --ignore-scripts --no-audit --no-fund
 	rm -rf $(VENDOR)
-	mkdir -p $(VENDOR)/mathjax $(VENDOR)/jupyter-widgets
+	mkdir -p $(VENDOR)/mathjax $(VENDOR)/jupyter-widgets $(VENDOR)/vega
 	cp -R book/node_modules/mathjax/es5/. book/node_modules/mathjax/LICENSE $(VENDOR)/mathjax/
 	cd book/node_modules/@jupyter-widgets/html-manager/dist && \
 		cp embed.js embed.js.LICENSE.txt *.woff2 *.woff *.ttf *.eot *.svg $(abspath $(VENDOR))/jupyter-widgets/
+	cd book/node_modules && \
+		cp vega/build/vega.min.js vega-lite/build/vega-lite.min.js vega-embed/build/vega-embed.min.js \
+			$(abspath $(VENDOR))/vega/ && \
+		cp vega-view/LICENSE $(abspath $(VENDOR))/vega/LICENSE-vega && \
+		cp vega-lite/LICENSE $(abspath $(VENDOR))/vega/LICENSE-vega-lite && \
+		cp vega-embed/LICENSE $(abspath $(VENDOR))/vega/LICENSE-vega-embed
 	touch $@
 
 ifneq ($(wildcard $(MNIST_TRAIN)/train-images-idx3-ubyte.gz)$(wildcard $(MNIST_T10K)/t10k-images-idx3-ubyte.gz),)

@@ -220,7 +220,8 @@ class Comparison:
         """Whether there is no seed-to-seed variation at all (every seed gives the same difference)."""
         return self.ci[0] == self.ci[1]
 
-    def describe(self, a_label: str, b_label: str, unit: str = "points", *, digits: int = 2, verb: str = "scores") -> str:
+    def describe(self, a_label: str, b_label: str, unit: str = "points", *, digits: int = 2,
+                 verb: str = "scores") -> str:
         """One sentence saying how a compares with b and whether the seeds support a difference, e.g.
         ``"BN before ReLU scores 0.12 points higher than BN after ReLU (95 % CI 0.03 to 0.21); the seeds support
         the difference."``. ``unit`` follows each number (``""`` for none); ``verb`` fits "higher" and "lower"."""
@@ -233,7 +234,8 @@ class Comparison:
 
         if self.constant:
             if self.difference == 0:
-                return f"{a_label} and {b_label} score exactly the same on every seed; there is no difference to support."
+                return (f"{a_label} and {b_label} score exactly the same on every seed; "
+                        "there is no difference to support.")
             direction = "higher" if self.difference > 0 else "lower"
             return (
                 f"{a_label} {verb} {number(size)}{unit} {direction} than {b_label} on every seed alike; "
