@@ -38,8 +38,9 @@ import torch
 from torch import nn
 
 from .data import Dataset
+from .layers import model_device
 from .models import build_model
-from .modes import model_device, preserved_state
+from .modes import preserved_state
 from .training import TrainConfig, seed_everything, train
 
 

@@ -5,29 +5,7 @@ matplotlib.use("Agg")
 import pytest
 import torch
 
-from bnlab.plots_axes_draft import SHADE, draw_block, plot_preactivation_histograms, plot_statistics_axes
-from matplotlib.colors import to_rgba
-import matplotlib.pyplot as plt
-
-
-def shaded(ax):
-    return sum(p.get_facecolor()[:3] == to_rgba(SHADE)[:3] for p in ax.patches)
-
-
-def test_one_channels_cells_are_shaded_across_the_batch_and_the_depth():
-    fig = plot_statistics_axes()
-    flat, sequence, image = fig.axes
-    assert shaded(flat) == 6  # (N, C): N cells of the channel
-    assert shaded(sequence) == 6 + 5  # (N, C, L): N cells in front, L cells on top
-    assert shaded(image) == 6 + 5
-    assert [len(ax.patches) for ax in fig.axes] == [6 * 4, 6 * 4 + 4 * 5 + 6 * 5, 6 * 4 + 4 * 5 + 6 * 5]
-    assert "over N, H and W" in image.get_title()
-
-
-def test_the_last_channel_shades_the_side_of_the_block_too():
-    ax = plt.subplots()[1]
-    draw_block(ax, 3, 2, 4, channel=1)
-    assert shaded(ax) == 3 + 4 + 3 * 4
+from bnlab.plots import plot_preactivation_histograms
 
 
 def test_histograms_one_row_per_variant_one_panel_per_epoch_with_mean_and_std():

@@ -1,11 +1,9 @@
-"""Chapter 1's figures: which values share one mean and variance in BatchNorm, and what reaches the first ReLU
-while a network trains (``bnlab.batchnorm.preactivations_during_training`` computes it; this module draws it).
-"""
+"""Which values share one mean and variance in BatchNorm: a block of cells per input layout, ``(N, C)``,
+``(N, C, L)`` and ``(N, C, H, W)``, with one channel's cells shaded (chapter 1)."""
 
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
-import torch
 from matplotlib.patches import Polygon
 
 # The three input layouts the chapter draws: (title, (N, C, depth) in cells, depth axis label, the averaged axes).
@@ -63,42 +61,5 @@ def plot_statistics_axes():
     for ax, (title, (n, c, depth), depth_label, over) in zip(axes, LAYOUTS):
         draw_block(ax, n, c, depth, depth_label=depth_label)
         ax.set_title(f"{title}\nshaded: one channel's values,\none mean and variance over {over}", fontsize=10)
-    fig.tight_layout()
-    return fig
-
-
-def plot_preactivation_histograms(
-    snapshots: dict[str, dict[int, torch.Tensor]], *, bins: int = 60, title: str | None = None
-):
-    """One row per variant, one panel per recorded epoch: the histogram of every value that reached the ReLU
-    (all units of the layer, all probe images), with its mean and standard deviation. ``snapshots`` is
-    ``{label: {epoch: (N, units) tensor}}``, as ``bnlab.batchnorm.preactivations_during_training`` returns for one
-    variant. All panels share the x axis, so that widths compare across rows. Returns the figure."""
-    if not snapshots or not all(snapshots.values()):
-        raise ValueError("snapshots is empty: give {label: {epoch: tensor}} with at least one epoch per label.")
-    epochs = [sorted(s) for s in snapshots.values()]
-    if any(e != epochs[0] for e in epochs):
-        raise ValueError(f"every variant must record the same epochs; got {epochs}.")
-    epochs = epochs[0]
-    values = [v.flatten().float() for s in snapshots.values() for v in s.values()]
-    low = min(v.quantile(0.001).item() for v in values)
-    high = max(v.quantile(0.999).item() for v in values)
-    fig, axes = plt.subplots(len(snapshots), len(epochs), figsize=(3 * len(epochs), 2.4 * len(snapshots)),
-                             sharex=True, squeeze=False)
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for row, (label, recorded) in enumerate(snapshots.items()):
-        for column, epoch in enumerate(epochs):
-            ax = axes[row, column]
-            v = recorded[epoch].flatten().float()
-            color = colors[row % len(colors)]
-            ax.hist(v.clamp(low, high).numpy(), bins=bins, range=(low, high), color=color, alpha=0.8)
-            ax.set_title(f"{label}, epoch {epoch}\nmean {v.mean():.2f}, std {v.std():.2f}", fontsize=10)
-            ax.set_yticks([])
-            ax.axvline(0, color="black", linewidth=0.6)
-        axes[row, 0].set_ylabel("count")
-    for ax in axes[-1]:
-        ax.set_xlabel("input to the first ReLU")
-    if title:
-        fig.suptitle(title)
     fig.tight_layout()
     return fig
