@@ -15,7 +15,8 @@ def test_help_explains_every_option(capsys):
     assert info.value.code == 0
     text = capsys.readouterr().out
     for option in ("--hidden", "--placement", "--bias", "--no-bias", "--dropout", "--init-std", "--epochs",
-                   "--batch-size", "--lr", "--seed", "--device", "--data", "--no-progress", "--train-samples"):
+                   "--batch-size", "--lr", "--momentum", "--weight-decay", "--seed", "--device", "--data",
+                   "--no-progress", "--train-samples", "--no-train-acc", "--engine"):
         assert option in text
 
 
@@ -27,6 +28,23 @@ def test_a_short_run_prints_the_per_epoch_table(subset_root, capsys):
     assert "MNIST-10k subset (first 1,000 training images): 1,000 train" in out
     rows = [line for line in out.splitlines() if line.strip()[:1].isdigit()]
     assert len(rows) == 2 and "test accuracy" in out
+
+
+def per_epoch_rows(out: str) -> list[str]:
+    return [line.rsplit(None, 1)[0] for line in out.splitlines() if line.strip()[:1].isdigit()]  # without seconds
+
+
+def test_every_engine_prints_the_same_numbers_and_training_accuracy_is_optional(subset_root, capsys):
+    common = ["train", "--epochs", "1", "--train-samples", "500", "--batch-size", "100", "--data", str(subset_root),
+              "--no-progress", "--device", "cpu", "--momentum", "0.9", "--weight-decay", "0.001"]
+    tables = {}
+    for engine in ("fused", "plain", "cuda-graphs"):
+        assert main([*common, "--engine", engine]) == 0
+        tables[engine] = per_epoch_rows(capsys.readouterr().out)
+    assert tables["fused"] == tables["plain"] == tables["cuda-graphs"] and len(tables["plain"]) == 1
+    assert main([*common, "--no-train-acc"]) == 0
+    (row,) = per_epoch_rows(capsys.readouterr().out)
+    assert row.split()[2] == "-" and row.split()[1] == tables["plain"][0].split()[1]  # same loss, no train %
 
 
 def test_bad_value_is_a_one_line_error_not_a_traceback(subset_root, capsys):

@@ -7,9 +7,7 @@ from torch.optim.swa_utils import update_bn
 
 from bnlab import running_stats
 from bnlab.data import BatchLoader, Split
-from bnlab.experiments import run
-from bnlab.models import MLPConfig, build_mlp
-from bnlab.training import TrainConfig
+from bnlab.models import build_mlp
 
 
 def mlp(seed: int = 0) -> nn.Sequential:
@@ -92,9 +90,9 @@ def test_synthetic_batches_reject_sizes_batchnorm_cannot_use(kwargs):
 # --- BatchNorm layers in a model ---------------------------------------------------------------------------------
 
 
-def test_batchnorm_layers_lists_only_layers_with_running_statistics():
+def test_tracked_layers_lists_only_layers_with_running_statistics():
     model = nn.Sequential(nn.BatchNorm1d(3), nn.BatchNorm1d(3, track_running_stats=False), nn.BatchNorm2d(2))
-    assert [name for name, _ in running_stats.batchnorm_layers(model)] == ["0", "2"]
+    assert [name for name, _ in running_stats.tracked_layers(model)] == ["0", "2"]
 
 
 def test_set_momentum_sets_every_layer_and_rejects_a_model_without_batchnorm():
@@ -204,10 +202,30 @@ def test_with_precise_bn_leaves_the_original_alone():
     assert not torch.equal(twin[1].running_mean, torch.zeros(5))
 
 
-def test_precise_bn_skips_layers_without_running_statistics():
-    model = nn.Sequential(nn.BatchNorm1d(6, track_running_stats=False), nn.BatchNorm1d(6))
+def test_precise_bn_skips_layers_without_running_statistics_after_the_last_one_with_them():
+    model = nn.Sequential(nn.BatchNorm1d(6), nn.Linear(6, 3), nn.BatchNorm1d(3, track_running_stats=False))
     assert running_stats.precise_bn(model, known_data()) == 1
-    assert model[0].running_mean is None
+    assert model[2].running_mean is None
+    torch.testing.assert_close(model[0].running_mean, known_data().double().mean(0).float())
+
+
+def test_precise_bn_refuses_a_layer_without_running_statistics_before_one_with_them():
+    model = nn.Sequential(nn.BatchNorm1d(6, track_running_stats=False), nn.Linear(6, 3), nn.BatchNorm1d(3))
+    with pytest.raises(ValueError, match=r"'0' has no running statistics .* runs before '2'.*depend on batch_size"):
+        running_stats.precise_bn(model, known_data(), batch_size=7)
+    assert torch.equal(model[2].running_mean, torch.zeros(3))  # nothing changed
+    assert model.training and all(m.training for m in model)
+
+
+@pytest.mark.parametrize("batch_size", [1, 7, 299])  # 300 rows: batches of 1, or a last batch of one row
+def test_precise_bn_takes_batches_of_a_single_row(batch_size):
+    model = nn.Sequential(nn.BatchNorm1d(6), nn.Linear(6, 3), nn.BatchNorm1d(3), nn.ReLU(),
+                          nn.BatchNorm1d(3, track_running_stats=False))
+    reference = copy.deepcopy(model)
+    running_stats.precise_bn(model, known_data(), batch_size=batch_size)
+    running_stats.precise_bn(reference, known_data(), batch_size=300)
+    for a, b in zip(model.buffers(), reference.buffers()):
+        torch.testing.assert_close(a, b)
 
 
 def test_precise_bn_rejects_a_model_without_batchnorm():
@@ -285,28 +303,3 @@ def test_early_accuracy_rejects_empty_or_invalid_arguments(small_data):
         running_stats.early_accuracy(small_data, momenta=(0.0,))
     with pytest.raises(ValueError, match="steps"):
         running_stats.early_accuracy(small_data, steps=(0, 5))
-
-
-# --- a trained model with its history, cached ----------------------------------------------------------------------
-
-
-def test_run_with_model_caches_weights_and_shares_the_history_with_experiments_run(small_data, tmp_path):
-    config, training = MLPConfig(), TrainConfig(epochs=1, batch_size=100)
-    model, history = running_stats.run_with_model(config, training, small_data, cache=tmp_path, device="cpu")
-    assert len(list(tmp_path.glob("model-*.pt"))) == 1
-    assert run(config, training, small_data, cache=tmp_path) == history  # read from the cache, not retrained
-    again, cached = running_stats.run_with_model(config, training, small_data, cache=tmp_path, device="cpu")
-    assert cached == history
-    for (name, a), b in zip(model.state_dict().items(), again.state_dict().values()):
-        assert torch.equal(a, b), name
-
-
-def test_run_with_model_retrains_when_the_weights_are_unreadable(small_data, tmp_path):
-    config, training = MLPConfig(), TrainConfig(epochs=1, batch_size=100)
-    model, history = running_stats.run_with_model(config, training, small_data, cache=tmp_path, device="cpu")
-    weights = next(tmp_path.glob("model-*.pt"))
-    weights.write_bytes(b"not a checkpoint")
-    again, _ = running_stats.run_with_model(config, training, small_data, cache=tmp_path, device="cpu")
-    for a, b in zip(model.state_dict().values(), again.state_dict().values()):
-        assert torch.equal(a, b)
-    assert torch.load(weights, weights_only=True).keys() == model.state_dict().keys()

@@ -3,31 +3,40 @@
 Modules, named for the ideas the chapters use:
 
 * ``data``: MNIST as tensors on the training device; the offline MNIST-10k subset; integrity checks.
-* ``models``: the lecture's MLP from an ``MLPConfig`` (hidden sizes, BatchNorm placement, bias, dropout).
-* ``training``: ``train`` and ``accuracy``, device selection, seeding, the per-epoch ``History``.
-* ``experiments``: several seeds per configuration, cached on disk; spreads, tables, comparisons.
+* ``models``: the lecture's MLP from an ``MLPConfig`` (hidden sizes, BatchNorm placement, bias, dropout);
+  ``build_model(config)``.
+* ``layers``: what every module that looks inside a model needs: its BatchNorm layers, its device, every
+  module's train/eval flag saved and restored.
+* ``training``: the plain training loop (``TrainConfig``, ``train``, ``train_model``), ``accuracy``, device
+  selection, seeding, the per-epoch ``History``.
+* ``fast``: speed-ups beside the loop: a fused MLP step with the plain step's bits (checked at first use, with a
+  fallback), CUDA graphs (opt-in).
+* ``experiments``: runs cached on disk; several seeds per configuration in parallel worker processes; tables.
+* ``stats``: the book's one statistical rule: ``Spread``, ``compare`` (paired t-test, 95 % CI), verdict sentences.
 * ``batchnorm``: BatchNorm written out by hand, checked against ``torch.nn.BatchNorm1d`` (chapter 1).
-* ``folding``: folding an eval-mode BatchNorm into the preceding Linear layer (chapter 3).
+* ``folding``: folding an eval-mode BatchNorm into the Linear layer before or after it (chapter 3).
 * ``running_stats``: the momentum average of the statistics, and precise BN (chapter 4).
 * ``modes``: train mode and eval mode, freezing BatchNorm while fine-tuning (chapter 5).
 * ``plots``: every figure: curves, seed spreads, running statistics, and explorers, embedded in the page (Altair)
   or live (ipywidgets).
 * ``exercises`` and ``grade``: the graded exercises' checks, and ``python -m bnlab.grade`` for instructors.
 * ``notebooks``: running notebooks with nbclient without sleeping through a kernel's message (grader, book build).
-* ``bench``: ``python -m bnlab.bench``, how fast training runs against the standard DataLoader pipeline.
+* ``bench``: ``python -m bnlab.bench``, how fast the plain loop and the fused step train against the standard
+  DataLoader pipeline.
 * ``profiles``, ``reference``, ``book``: run sizes (``BNLAB_PROFILE``), the lecture's recorded numbers, glue.
 """
 
 from .data import DataError, Dataset, Split, load_mnist
-from .models import MLPConfig, build_mlp, count_parameters
+from .models import MLPConfig, build_mlp, build_model, count_parameters
 from .profiles import Profile, current_profile
-from .training import History, TrainConfig, accuracy, pick_device, train, train_mlp
+from .training import EpochStats, History, TrainConfig, accuracy, pick_device, train, train_mlp, train_model
 
 __version__ = "0.1.0"
 
 __all__ = [
     "DataError",
     "Dataset",
+    "EpochStats",
     "History",
     "MLPConfig",
     "Profile",
@@ -35,10 +44,12 @@ __all__ = [
     "TrainConfig",
     "accuracy",
     "build_mlp",
+    "build_model",
     "count_parameters",
     "current_profile",
     "load_mnist",
     "pick_device",
     "train",
     "train_mlp",
+    "train_model",
 ]

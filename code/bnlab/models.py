@@ -14,11 +14,22 @@ With the defaults it is the lecture's reference model::
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from torch import nn
 
 PLACEMENTS = ("none", "before", "after")
+
+
+def is_integer(value) -> bool:
+    """An ``int`` that is not a ``bool`` (``True`` is an ``int`` in Python, but never a size)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_finite_number(value) -> bool:
+    """A finite ``int`` or ``float`` that is not a ``bool``."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 @dataclass(frozen=True)
@@ -45,20 +56,24 @@ class MLPConfig:
     num_classes: int = 10
 
     def __post_init__(self):
+        if isinstance(self.hidden, (str, bytes)) or not hasattr(self.hidden, "__iter__"):
+            raise ValueError(
+                f"MLPConfig.hidden must be a sequence of positive integers, e.g. (75, 45) or (75,); got {self.hidden!r}."
+            )
         object.__setattr__(self, "hidden", tuple(self.hidden))
         if self.placement not in PLACEMENTS:
             raise ValueError(f"MLPConfig.placement must be one of {PLACEMENTS}; got {self.placement!r}.")
-        if not self.hidden or not all(isinstance(h, int) and not isinstance(h, bool) and h > 0 for h in self.hidden):
+        if not self.hidden or not all(is_integer(h) and h > 0 for h in self.hidden):
             raise ValueError(f"MLPConfig.hidden must be one or more positive integers; got {self.hidden!r}.")
-        if self.bias not in (None, True, False):
+        if not isinstance(self.bias, (bool, type(None))):
             raise ValueError(f"MLPConfig.bias must be True, False or None (automatic); got {self.bias!r}.")
-        if not (isinstance(self.dropout, (int, float)) and 0.0 <= self.dropout < 1.0):
+        if not (is_finite_number(self.dropout) and 0.0 <= self.dropout < 1.0):
             raise ValueError(f"MLPConfig.dropout must be a probability in [0, 1); got {self.dropout!r}.")
-        if self.init_std is not None and not (isinstance(self.init_std, (int, float)) and self.init_std > 0):
-            raise ValueError(f"MLPConfig.init_std must be None or a positive number; got {self.init_std!r}.")
+        if self.init_std is not None and not (is_finite_number(self.init_std) and self.init_std > 0):
+            raise ValueError(f"MLPConfig.init_std must be None or a finite positive number; got {self.init_std!r}.")
         for name in ("in_features", "num_classes"):
             value = getattr(self, name)
-            if not (isinstance(value, int) and value > 0):
+            if not (is_integer(value) and value > 0):
                 raise ValueError(f"MLPConfig.{name} must be a positive integer; got {value!r}.")
 
     @property
@@ -96,6 +111,13 @@ def build_mlp(config: MLPConfig = MLPConfig()) -> nn.Sequential:
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
     return model
+
+
+def build_model(config: MLPConfig) -> nn.Module:
+    """The model a configuration describes: ``build_mlp`` for an ``MLPConfig``."""
+    if isinstance(config, MLPConfig):
+        return build_mlp(config)
+    raise ValueError(f"build_model needs a bnlab.models.MLPConfig; got {type(config).__name__}.")
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import copy
 import math
-import pickle
 from dataclasses import dataclass
 
 import torch
@@ -26,9 +25,9 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from .data import BatchLoader, Dataset, Split
-from .experiments import cache_dir, read_json, run_key, write_json_atomic
+from .layers import batchnorm_layers, model_device, preserved_modes
 from .models import MLPConfig, build_mlp
-from .training import History, TrainConfig, accuracy, pick_device, seed_everything, train
+from .training import accuracy, pick_device, seed_everything
 
 # --- the update rule ---------------------------------------------------------------------------------------------
 
@@ -127,29 +126,20 @@ def ema_noise(momentum: float, batch_size: int, *, true_std: float = 1.0) -> flo
 # --- BatchNorm layers in a model ---------------------------------------------------------------------------------
 
 
-def batchnorm_layers(model: nn.Module) -> list[tuple[str, _BatchNorm]]:
+def tracked_layers(model: nn.Module) -> list[tuple[str, _BatchNorm]]:
     """``(name, layer)`` for every BatchNorm layer of ``model`` that keeps running statistics."""
-    if not isinstance(model, nn.Module):
-        raise ValueError(f"model must be a torch.nn.Module; got {type(model).__name__}.")
-    return [(n, m) for n, m in model.named_modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
+    return [(name, layer) for name, layer in batchnorm_layers(model) if layer.track_running_stats]
 
 
 def set_momentum(model: nn.Module, momentum: float | None) -> nn.Module:
     """Set ``momentum`` on every BatchNorm layer of ``model`` (in place); returns the model."""
     check_momentum(momentum)
-    layers = batchnorm_layers(model)
+    layers = tracked_layers(model)
     if not layers:
         raise ValueError("model has no BatchNorm layer with running statistics; there is no momentum to set.")
     for _, layer in layers:
         layer.momentum = momentum
     return model
-
-
-def model_device(model: nn.Module) -> torch.device:
-    """The device of the model's first parameter or buffer (the CPU for a model with neither)."""
-    for tensor in (*model.parameters(), *model.buffers()):
-        return tensor.device
-    return torch.device("cpu")
 
 
 # --- precise BN: exact statistics over a whole split -------------------------------------------------------------
@@ -186,12 +176,17 @@ class _Moments:
         return self.m2 / self.count
 
 
-def input_batches(data, batch_size: int, device: torch.device):
+def input_images(data) -> torch.Tensor:
+    """The inputs of ``data``, a ``Split`` or a tensor of inputs, checked to hold at least 2 examples."""
     images = data.images if isinstance(data, Split) else data
     if not isinstance(images, torch.Tensor):
         raise ValueError(f"split must be a bnlab Split or a tensor of inputs; got {type(data).__name__}.")
     if len(images) < 2:
         raise ValueError(f"split must hold at least 2 examples; got {len(images)}.")
+    return images
+
+
+def input_batches(images: torch.Tensor, batch_size: int, device: torch.device):
     for start in range(0, len(images), batch_size):
         yield images[start : start + batch_size].to(device)
 
@@ -226,21 +221,39 @@ def precise_bn(model: nn.Module, split, *, batch_size: int = 1_000) -> int:
 
     The input of a layer is the one it sees in *eval mode*: layers are done in the order the forward pass reaches
     them, each after the ones before it already hold their new statistics, so afterwards every layer normalises
-    the split exactly in eval mode. ``batch_size`` only bounds memory; the result does not depend on it.
+    the split exactly in eval mode. ``batch_size`` only bounds memory; the result does not depend on it, and a
+    last batch of a single example is fine (eval mode needs no batch statistics).
     Parameters, ``momentum`` and ``num_batches_tracked`` are not touched; every submodule's train/eval flag is
-    restored. Layers with ``track_running_stats=False`` have no buffers and are skipped.
+    restored.
+
+    Layers with ``track_running_stats=False`` have no buffers to update. After every layer that has them they are
+    skipped; *before* one, ``precise_bn`` refuses with a ``ValueError``: such a layer normalises each batch with
+    that batch's own statistics even in eval mode, so the input of the layers after it would depend on how the
+    split is cut into batches, and no statistics are exact for every batch size.
     """
-    if not (isinstance(batch_size, int) and batch_size > 0):
+    if not (isinstance(batch_size, int) and not isinstance(batch_size, bool) and batch_size > 0):
         raise ValueError(f"batch_size must be a positive integer; got {batch_size!r}.")
-    layers = [layer for _, layer in batchnorm_layers(model)]
-    if not layers:
+    named = batchnorm_layers(model)
+    if not any(layer.track_running_stats for _, layer in named):
         raise ValueError("model has no BatchNorm layer with running statistics (track_running_stats=True).")
+    images = input_images(split)
     device = model_device(model)
-    flags = [(module, module.training) for module in model.modules()]
-    try:
+    names = {layer: name for name, layer in named}
+    with preserved_modes(model):
         model.eval()
-        order = forward_order(model, layers, next(input_batches(split, batch_size, device)))
-        for layer in order:
+        # at least 2 rows: a layer without running statistics needs two values per channel even in eval mode
+        order = forward_order(model, [layer for _, layer in named], images[: max(batch_size, 2)].to(device))
+        tracked = [layer for layer in order if layer.track_running_stats]
+        for earlier in order[: order.index(tracked[-1])] if tracked else []:
+            if not earlier.track_running_stats:
+                raise ValueError(
+                    f"BatchNorm layer {names[earlier]!r} has no running statistics (track_running_stats=False) and "
+                    f"runs before {names[tracked[-1]]!r}: in eval mode it normalises each batch with that batch's "
+                    "own statistics, so the input of the layers after it, and the statistics precise_bn would "
+                    "compute for them, would depend on batch_size. Give it running statistics "
+                    "(track_running_stats=True) to use precise_bn on this model."
+                )
+        for layer in tracked:
             moments = _Moments()
 
             def collect(module, inputs):
@@ -249,7 +262,7 @@ def precise_bn(model: nn.Module, split, *, batch_size: int = 1_000) -> int:
 
             handle = layer.register_forward_pre_hook(collect)
             try:
-                for xb in input_batches(split, batch_size, device):
+                for xb in input_batches(images, batch_size, device):
                     try:
                         model(xb)
                     except _Stop:
@@ -258,10 +271,7 @@ def precise_bn(model: nn.Module, split, *, batch_size: int = 1_000) -> int:
                 handle.remove()
             layer.running_mean.copy_(moments.mean.to(layer.running_mean.dtype))
             layer.running_var.copy_(moments.var.to(layer.running_var.dtype))
-    finally:
-        for module, flag in flags:
-            module.training = flag
-    return len(order)
+    return len(tracked)
 
 
 def with_precise_bn(model: nn.Module, split, *, batch_size: int = 1_000) -> nn.Module:
@@ -275,7 +285,7 @@ def stats_gap(model: nn.Module, reference: nn.Module) -> float:
     """How far ``model``'s running variances are from ``reference``'s, as a factor: the largest
     ``|log(running_var / reference_var)|`` over every channel of every BatchNorm layer, returned as
     ``exp`` of it (1.0: equal; 2.0: some channel's variance is off by a factor of 2, either way)."""
-    pairs = list(zip(batchnorm_layers(model), batchnorm_layers(reference)))
+    pairs = list(zip(tracked_layers(model), tracked_layers(reference)))
     if not pairs:
         raise ValueError("model has no BatchNorm layer with running statistics.")
     worst = max(
@@ -299,7 +309,7 @@ class ShadowStats:
 
     def __init__(self, model: nn.Module, momentum: float | None):
         check_momentum(momentum)
-        layers = batchnorm_layers(model)
+        layers = tracked_layers(model)
         if not layers:
             raise ValueError("model has no BatchNorm layer with running statistics to shadow.")
         self.momentum = momentum
@@ -326,7 +336,7 @@ class ShadowStats:
     def apply(self, model: nn.Module) -> nn.Module:
         """A copy of ``model`` whose BatchNorm layers hold these running averages (and this momentum)."""
         twin = copy.deepcopy(model)
-        for name, layer in batchnorm_layers(twin):
+        for name, layer in tracked_layers(twin):
             if name not in self.mean:
                 raise ValueError(f"model has a BatchNorm layer {name!r} that these statistics did not track.")
             layer.running_mean.copy_(self.mean[name])
@@ -416,40 +426,3 @@ def early_accuracy(
         accuracy={k: tuple(v) for k, v in acc.items()},
         gap={k: tuple(v) for k, v in gap.items()},
     )
-
-
-# --- after training: a trained model, cached with its history ------------------------------------------------------
-
-
-def run_with_model(
-    model_config: MLPConfig,
-    train_config: TrainConfig,
-    data: Dataset,
-    *,
-    cache=None,
-    device: str | torch.device | None = None,
-) -> tuple[nn.Module, History]:
-    """Like ``bnlab.experiments.run``, and also the trained model: its weights are cached next to the history
-    (same key, ``model-<key>.pt``). The model comes back on ``device`` (auto-selected when ``None``)."""
-    device = pick_device(device)
-    key = run_key(model_config, train_config, data)
-    folder = cache_dir(cache)
-    history_path, weights_path = folder / f"run-{key}.json", folder / f"model-{key}.pt"
-    stored = read_json(history_path)
-    model = build_mlp(model_config)
-    if stored is not None and weights_path.exists():
-        try:
-            model.load_state_dict(torch.load(weights_path, map_location="cpu", weights_only=True))
-            return model.to(device), History.from_dict(stored)
-        except (RuntimeError, EOFError, OSError, pickle.UnpicklingError):
-            pass  # unreadable or stale weights: train again
-    seed_everything(train_config.seed)
-    model = build_mlp(model_config)
-    history = train(model, data, train_config, device=device, progress=False)
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = weights_path.with_name(f".{weights_path.name}.tmp")
-    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp)
-    tmp.replace(weights_path)
-    write_json_atomic(history_path, history.to_dict())
-    return model, history
-
