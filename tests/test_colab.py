@@ -27,7 +27,7 @@ import nbformat
 import pytest
 import yaml
 
-from bnlab.notebooks import notebook_client
+from bnlab.grading.kernels import notebook_client
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = yaml.safe_load((REPO / "_config.yml").read_text())

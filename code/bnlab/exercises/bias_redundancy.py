@@ -1,0 +1,265 @@
+"""Exercises for the chapter *The redundant bias* (``ch03``): parameters saved by ``bias=False``, folding BatchNorm
+into the Linear layer before it, which biases are redundant, the bias in train and eval mode."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .checks import Layer, Problem, describe_value, tensor_problem
+from .core import Case, ChoiceExercise, ExerciseSet, FunctionExercise, ValueExercise
+from .inputs import build_sequential, normal, randint, random_mlp_layers, uniform
+
+
+BOTH_LAYERS = "Both hidden Linear layers are followed by BatchNorm: both lose their bias."
+
+
+class ParametersSaved(ValueExercise):
+    def model(self, bias):
+        from bnlab.models import MLPConfig, build_mlp  # the checking side only
+
+        return build_mlp(MLPConfig(hidden=tuple(self.params["hidden"]), placement="before", bias=bias))
+
+    @staticmethod
+    def count(model):
+        return sum(p.numel() for p in model.parameters())
+
+    def expected(self):
+        return float(self.count(self.model(True)) - self.count(self.model(False)))
+
+    def mistakes(self):
+        want = self.expected()
+        first, second = self.params["hidden"]
+        return [
+            ("output bias counted", want + 10,
+             "The output layer keeps its bias: no BatchNorm follows it, so that bias is not redundant."),
+            ("one layer only", float(first), BOTH_LAYERS),
+            ("one layer only", float(second), BOTH_LAYERS),
+            ("BatchNorm parameters counted", 2 * want,
+             "bias=False removes the Linear layers' biases; BatchNorm's gamma and beta stay."),
+        ]
+
+    def matches(self, got, want):
+        return abs(got - want) < 0.5
+
+
+class FoldBatchNorm(FunctionExercise):
+    """``fold_batchnorm(linear, bn)`` -> one new float32 nn.Linear equal to bn(linear(x)) in eval mode."""
+
+    n_cases = 5
+    rtol, atol = 1e-4, 1e-4
+    mistakes = {
+        "eps left out": "eps is missing: the eval-mode BatchNorm divides by sigma = sqrt(running_var + eps).",
+        "eps outside the square root": "eps is outside the square root: sigma = sqrt(running_var + eps).",
+        "variance instead of standard deviation": "You divided by the variance: divide by the standard deviation "
+                                                  "sigma = sqrt(running_var + eps).",
+        "Linear bias dropped": "The Linear layer's own bias b is missing: b' = gamma * (b - mu) / sigma + beta.",
+        "beta dropped": "beta is missing from the folded bias: b' = gamma * (b - mu) / sigma + beta.",
+        "running mean not subtracted": "The running mean is missing: b' = gamma * (b - mu) / sigma + beta.",
+    }
+    hint_on_error = {
+        "size of tensor": "gamma / sigma has one entry per output feature: it scales the rows of W, "
+                          "W * (gamma / sigma)[:, None].",
+        "NoneType": "Some Linear layers have no bias (linear.bias is None): then b = 0.",
+        "dtype": "Keep the folded layer's dtype equal to the input layer's (copy into it with torch.no_grad()).",
+    }
+
+    def make_case(self, generator, index):
+        n_in = randint(generator, 3, 6)
+        n_out = randint(generator, 2, 5)
+        n_out = n_out + 1 if n_out == n_in else n_out  # not square: W's rows and columns cannot be confused
+        has_bias = index != 1 and (index == 0 or bool(randint(generator, 0, 1)))
+        eps = 1e-5 if index == 2 else float(uniform(generator, 0.05, 0.5, 1))
+        linear = nn.Linear(n_in, n_out, bias=has_bias)
+        bn = nn.BatchNorm1d(n_out, eps=eps)
+        with torch.no_grad():
+            linear.weight.copy_(normal(generator, n_out, n_in) * 0.7)
+            if has_bias:
+                linear.bias.copy_(normal(generator, n_out))
+            bn.weight.copy_(1 + 0.5 * normal(generator, n_out))
+            bn.bias.copy_(normal(generator, n_out))
+            bn.running_mean.copy_(normal(generator, n_out))
+            bn.running_var.copy_(uniform(generator, 0.05, 2.0, n_out))
+        return Case({"linear": linear.eval(), "bn": bn.eval()}, info={"x": normal(generator, 4, n_in)})
+
+    @staticmethod
+    def fold(case, *, sigma=None, b=None, beta=None, mean=None):
+        """The folded layer's output on the case's x, in float64, with any part replaced by a mistake's."""
+        linear, bn = case.args["linear"], case.args["bn"]
+        as64 = lambda t: t.detach().to(torch.float64)  # noqa: E731
+        zeros = torch.zeros(linear.out_features, dtype=torch.float64)
+        b = (as64(linear.bias) if linear.bias is not None else zeros) if b is None else b
+        beta = as64(bn.bias) if beta is None else beta
+        mean = as64(bn.running_mean) if mean is None else mean
+        sigma = torch.sqrt(as64(bn.running_var) + bn.eps) if sigma is None else sigma
+        gamma = as64(bn.weight)
+        weight = as64(linear.weight) * (gamma / sigma)[:, None]
+        bias = gamma * (b - mean) / sigma + beta
+        return as64(case.info["x"]) @ weight.T + bias
+
+    def expected(self, case):
+        return self.fold(case)
+
+    def variants(self, case):
+        var, eps = case.args["bn"].running_var.to(torch.float64), case.args["bn"].eps
+        zeros = torch.zeros(case.args["linear"].out_features, dtype=torch.float64)
+        found = {
+            "eps left out": self.fold(case, sigma=torch.sqrt(var)),
+            "eps outside the square root": self.fold(case, sigma=torch.sqrt(var) + eps),
+            "variance instead of standard deviation": self.fold(case, sigma=var + eps),
+            "beta dropped": self.fold(case, beta=zeros),
+            "running mean not subtracted": self.fold(case, mean=zeros),
+        }
+        if case.args["linear"].bias is not None:
+            found["Linear bias dropped"] = self.fold(case, b=zeros)
+        return found
+
+    def problem(self, case, got, want):
+        if not (isinstance(got, Layer) and got.kind == "Linear" and not got.custom):
+            return Problem(f"fold_batchnorm should return one nn.Linear layer (BatchNorm folded into it), it returned "
+                           f"{describe_value(got)}")
+        weight = got.state.get("weight")
+        if weight is not None and weight.dtype != torch.float32:
+            return Problem(f"the folded layer's weight should be float32, like the input layer's; it is "
+                           f"{str(weight.dtype).replace('torch.', '')}", "wrong dtype")
+        n_out, n_in = case.args["linear"].weight.shape
+        if (got.spec["init"]["in_features"], got.spec["init"]["out_features"]) != (n_in, n_out):
+            return Problem(f"expected an nn.Linear({n_in}, {n_out}), got an nn.Linear("
+                           f"{got.spec['init']['in_features']}, {got.spec['init']['out_features']})")
+        layer = got.build().eval()
+        with torch.no_grad():
+            y = layer.to(torch.float64)(case.info["x"].to(torch.float64)).to(torch.float32)
+        problem = tensor_problem(y, want, rtol=self.rtol, atol=self.atol, what="the folded layer's output")
+        return problem
+
+    def describe(self, case):
+        linear = case.args["linear"]
+        bias = "with a bias" if linear.bias is not None else "without a bias (bias=False)"
+        return (f"Linear({linear.in_features}, {linear.out_features}) {bias} and "
+                f"BatchNorm1d({linear.out_features}, eps={case.args['bn'].eps:.3g})")
+
+
+class RedundantBiases(FunctionExercise):
+    """``redundant_biases(model)`` -> the indices of the Linear layers whose bias is redundant."""
+
+    mistakes = {
+        "BatchNorm after the activation counted": "A Linear layer followed by ReLU and only then by BatchNorm keeps "
+                                                  "its bias: the ReLU in between is not linear, so the bias changes "
+                                                  "which values pass it, and the output changes.",
+        "every Linear before a BatchNorm": "Only a BatchNorm directly after the Linear layer makes its bias "
+                                           "redundant.",
+        "BatchNorm indices": "Return the indices of the Linear layers (model[i] is the Linear layer), not those of "
+                             "the BatchNorm layers after them.",
+        "output layer counted": "The output layer has no BatchNorm after it: its bias matters.",
+    }
+
+    PATTERNS = (("before", "after"), ("none", "before"), ("after", "none", "before"), ("none", "after", "before"))
+
+    def make_case(self, generator, index):
+        placements = list(self.PATTERNS[index % len(self.PATTERNS)])
+        placements += [("before", "after", "none")[randint(generator, 0, 2)] for _ in range(randint(generator, 0, 1))]
+        layers = random_mlp_layers(generator, placements=placements, flatten=bool(randint(generator, 0, 1)),
+                                   dropout=bool(randint(generator, 0, 1)))
+        return Case({"model": build_sequential(layers, generator)}, info={"layers": layers})
+
+    @staticmethod
+    def types(case):
+        return [layer[0] for layer in case.info["layers"]]
+
+    def expected(self, case):
+        t = self.types(case)
+        return [i for i in range(len(t) - 1) if t[i] == "Linear" and t[i + 1] == "BatchNorm1d"]
+
+    def variants(self, case):
+        t = self.types(case)
+        linear = [i for i, kind in enumerate(t) if kind == "Linear"]
+        want = self.expected(case)
+        return {
+            "BatchNorm after the activation counted": sorted(
+                want + [i for i in linear if t[i + 1: i + 3] == ["ReLU", "BatchNorm1d"]]),
+            "every Linear before a BatchNorm": [i for i in linear if "BatchNorm1d" in t[i + 1:]],
+            "BatchNorm indices": [i + 1 for i in want],
+            "output layer counted": want + [linear[-1]],
+        }
+
+    @staticmethod
+    def indices(value):
+        """The answer as a sorted list of distinct indices: from a list or tuple of integers, or an integer
+        tensor of one dimension; None for anything else."""
+        if isinstance(value, torch.Tensor) and value.dim() <= 1 and not value.is_floating_point() \
+                and value.dtype != torch.bool:
+            value = value.flatten().tolist()
+        if not isinstance(value, (list, tuple)) or not all(type(v) is int for v in value):
+            return None
+        return sorted(set(value))
+
+    def problem(self, case, got, want):
+        found = self.indices(got)
+        if found is None:
+            return Problem(f"expected a list of integer indices, got {describe_value(got)}")
+        return None if found == want else Problem(f"expected {want}, got {found}")
+
+    def describe(self, case):
+        return "the model " + " → ".join(
+            f"[{i}] {kind}" + (f"({', '.join(str(a) for a in args[:2])})" if kind == "Linear" else "")
+            for i, (kind, *args) in enumerate(case.info["layers"]))
+
+
+EXERCISES = ExerciseSet("ch03", "The redundant bias", [
+    ParametersSaved(
+        "ch03.q1", "parameters saved by bias=False", "answer_q1", points=2, params={"hidden": (75, 45)},
+        hint="""
+Only the Linear layers directly followed by BatchNorm lose their bias. A bias has one entry per output
+feature.""",
+        solution='''
+from bnlab.models import MLPConfig, build_mlp, count_parameters
+with_bias = count_parameters(build_mlp(MLPConfig(hidden=(75, 45), placement="before", bias=True)))
+without_bias = count_parameters(build_mlp(MLPConfig(hidden=(75, 45), placement="before", bias=False)))
+answer_q1 = with_bias - without_bias   # by hand: 75 + 45'''),
+    FoldBatchNorm(
+        "ch03.q2", "fold BatchNorm into the Linear layer", "fold_batchnorm", points=3,
+        hint="""
+In eval mode, bn(z) = gamma * (z - mu) / sigma + beta with sigma = sqrt(running_var + eps): an affine map. With
+z = W x + b: W' = (gamma / sigma)[:, None] * W and b' = gamma * (b - mu) / sigma + beta. If linear.bias is None,
+b = 0. Build a new nn.Linear(n_in, n_out) and copy W', b' into it under torch.no_grad(); leave linear and bn as
+they are.""",
+        solution='''
+def fold_batchnorm(linear, bn):
+    sigma = torch.sqrt(bn.running_var + bn.eps)
+    scale = bn.weight / sigma                                  # one factor per output feature
+    b = linear.bias if linear.bias is not None else torch.zeros_like(bn.running_mean)
+    fused = nn.Linear(linear.in_features, linear.out_features)
+    with torch.no_grad():
+        fused.weight.copy_(linear.weight * scale[:, None])
+        fused.bias.copy_((b - bn.running_mean) * scale + bn.bias)
+    return fused
+# PyTorch has it too: torch.nn.utils.fusion.fuse_linear_bn_eval(linear, bn)'''),
+    RedundantBiases(
+        "ch03.q3", "which biases are redundant", "redundant_biases", points=3,
+        hint="""
+Walk over the layers with their positions: `layers = list(model)`. A Linear layer's bias is redundant when the
+very next layer is a BatchNorm (isinstance(layers[i + 1], nn.BatchNorm1d)).""",
+        solution='''
+def redundant_biases(model):
+    layers = list(model)
+    return [i for i in range(len(layers) - 1)
+            if isinstance(layers[i], nn.Linear) and isinstance(layers[i + 1], nn.BatchNorm1d)]'''),
+    ChoiceExercise(
+        "ch03.q4", "the bias in train and eval mode", "answer_q4", points=1,
+        options={
+            "A": "In train mode, the block's output does not depend on b.",
+            "B": "In train mode, the gradient of the loss with respect to b is zero (up to rounding).",
+            "C": "In eval mode, changing b after training changes the output.",
+            "D": "In eval mode, b can be deleted after training without changing the output: running_mean has "
+                 "absorbed it.",
+        },
+        correct="ABC",
+        why={
+            "A": "The batch mean includes b, so x - mean(x) removes it: the output does not depend on b.",
+            "B": "An output that does not depend on b gives b a zero gradient.",
+            "C": "Eval mode subtracts the fixed running_mean, so a changed b passes through, scaled by gamma / sigma.",
+            "D": "running_mean learned the mean *with* b; deleting b without also subtracting it from running_mean "
+                 "shifts every output by gamma * b / sigma.",
+        },
+        hint="In train mode the mean comes from the batch; in eval mode it is a fixed number."),
+])
