@@ -88,6 +88,39 @@ def predict(model, x):
     finally:
         model.train(was_training)                    # every layer back to the model's mode'''
 
+UNPAIRED_T = '''
+import statistics
+before = [97.62, 97.81, 97.70, 97.55, 97.87]
+after = [97.71, 97.93, 97.78, 97.66, 97.95]
+se = (statistics.variance(after) / 5 + statistics.variance(before) / 5) ** 0.5    # as if unpaired
+answer_q2 = (statistics.fmean(after) - statistics.fmean(before)) / se'''
+
+DROPOUT_COUNTED = '''
+def redundant_biases(model):
+    layers = [m for m in model]
+    found = []
+    for i, layer in enumerate(layers[:-1]):
+        after = [m for m in layers[i + 1:] if not isinstance(m, nn.Dropout)]   # "Dropout changes nothing"
+        if isinstance(layer, nn.Linear) and after and isinstance(after[0], nn.BatchNorm1d):
+            found.append(i)
+    return found'''
+
+NO_SHIFT = '''
+def fold_into_next(bn, linear):
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    fused = nn.Linear(linear.in_features, linear.out_features)
+    with torch.no_grad():
+        fused.weight.copy_(linear.weight * scale)
+        fused.bias.copy_(linear.bias if linear.bias is not None else torch.zeros(linear.out_features))
+    return fused'''
+
+ONE_PASS = '''
+def recalibrate(model, x):
+    model.train()
+    with torch.no_grad():
+        model(x)                                     # with momentum 0 this changes nothing
+    return model.eval()'''
+
 BN_LEFT_IN_TRAIN = '''
 def train_with_frozen_batchnorm(model):
     for module in model.modules():
@@ -101,7 +134,10 @@ def honest() -> dict:
         "partial_ex01": answers("ch01", {"q2": "answer_q2 = None", "q3": WRONG_AXIS_2D}),
         "mistakes_ex01": answers("ch01", {"q1": FLOAT64_FORWARD, "q3": IN_PLACE_2D}),
         "mistakes_ex04": answers("ch04", {"q1": IN_PLACE_RUNNING, "q2": "answer_q2 = 2 * (1 - 0.1 ** 10)"}),
-        "mistakes_ex05": answers("ch05", {"q2": TOP_LEVEL_PREDICT, "q5": BN_LEFT_IN_TRAIN}),
+        "mistakes_ex02": answers("ch02", {"q2": UNPAIRED_T, "q4": 'answer_q4 = "B"'}),
+        "mistakes_ex03": answers("ch03", {"q3": DROPOUT_COUNTED, "q5": NO_SHIFT}),
+        "mistakes_ex05": answers("ch05", {"q2": TOP_LEVEL_PREDICT, "q5": BN_LEFT_IN_TRAIN, "q6": 'answer_q6 = "C"',
+                                          "q7": ONE_PASS}),
         "float64_default_ex03": insert(solved("ch03"), after_imports(solved("ch03")),
                                        "torch.set_default_dtype(torch.float64)"),
         "reordered_ex01": reordered(solved("ch01")),

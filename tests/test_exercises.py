@@ -132,3 +132,32 @@ def test_exercise_notebooks_state_the_dtype_and_that_inputs_stay_unchanged():
 def test_a_set_refuses_exercises_of_another_set():
     with pytest.raises(ValueError, match="must start with its set's key"):
         ExerciseSet("ch01", "x", [SETS["ch02"].q3])
+
+
+def markdown(notebook) -> str:
+    return "\n".join(cell_text(c) for c in notebook["cells"] if c["cell_type"] == "markdown")
+
+
+def test_no_statement_prints_a_formula_to_type():
+    """The statements ask for predictions, diagnoses and fixes; the one forward pass to implement (ch01.q1) is
+    written from the chapter, so no statement prints a displayed formula or a square root to copy."""
+    for set_key, path in NOTEBOOKS.items():
+        text = markdown(json.loads(path.read_text()))
+        assert "$$" not in text and "sqrt" not in text, set_key
+    assert [e.key for e in ALL if "forward" in e.title and not e.title.startswith("debug")] == ["ch01.q1"]
+
+
+def test_the_drafts_to_debug_are_shown_as_the_checks_know_them():
+    from bnlab.exercises.batchnorm_in_an_mlp import BUGGY_BATCHNORM2D
+    from bnlab.exercises.bias_redundancy import BUGGY_FOLD
+    from bnlab.exercises.running_statistics import BUGGY_UPDATE
+
+    for set_key, draft in (("ch01", BUGGY_BATCHNORM2D), ("ch03", BUGGY_FOLD), ("ch04", BUGGY_UPDATE)):
+        code = [cell_text(c) for c in json.loads(NOTEBOOKS[set_key].read_text())["cells"] if c["cell_type"] == "code"]
+        assert any(c.startswith(draft) for c in code), set_key
+
+
+def test_the_collapsed_model_is_handed_over_in_its_notebook():
+    code = "\n".join(cell_text(c) for c in json.loads(NOTEBOOKS["ch05"].read_text())["cells"])
+    assert "from bnlab.exercises.scenarios import collapsed_model" in code
+    assert "model, (train_x, train_y), (test_x, test_y) = collapsed_model()" in code

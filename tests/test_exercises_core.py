@@ -237,3 +237,24 @@ def test_value_exercises_name_the_number_a_mistake_gives():
     assert half.evaluate(4).passed
     result = half.evaluate(16)
     assert result.mistake == "doubled" and "Halve it." in result.message
+
+
+def test_a_mistake_without_results_is_never_the_consistent_one():
+    """An answer with the right values and a side effect is named for the side effect, not for a mistake that
+    ``problem`` names and ``variants`` never gives results for."""
+    class Doubling(FunctionExercise):
+        mistakes = {"named by problem": "The problem says so.", "halved": "Double it."}
+
+        def make_case(self, generator, index):
+            return Case({"x": torch.ones(2) * (index + 1)})
+
+        def expected(self, case):
+            return case.args["x"].double() * 2
+
+        def variants(self, case):
+            return {"halved": case.args["x"].double() / 2}
+
+    doubling = Doubling("ch01.q9", "doubling", "f", points=1, hint="", solution="")
+    assert doubling.evaluate(lambda x: x / 2).mistake == "halved"
+    result = doubling.evaluate(lambda x: (x * 2, x.zero_())[0])
+    assert result.mistake == "input changed in place", result.message

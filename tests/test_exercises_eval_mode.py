@@ -1,14 +1,31 @@
 """bnlab.exercises.eval_mode (ch05): the reference solutions pass, each typical mistake fails with its own
-message, and "leave the model as it was" is checked layer by layer, on models in mixed modes too."""
+message, "leave the model as it was" is checked layer by layer, on models in mixed modes too, and a repair of the
+running statistics is judged on the model it returns."""
 
 import pytest
+import torch
 
 from bnlab.exercises import exercise
 from bnlab.exercises.eval_mode import EXERCISES, MODE_PATTERNS
-from exercise_answers import assert_mistake_named, assert_solution_passes
+from exercise_answers import answer_from, assert_mistake_named, assert_solution_passes
 
 PREDICT = "def predict(model, x):\n    "
 FREEZE = "def train_with_frozen_batchnorm(model):\n    "
+RECALIBRATE = """
+def recalibrate(model, x, reset=True, cumulative=True, forward=True, train=True):
+    for bn in [m for m in model.modules() if isinstance(m, nn.BatchNorm1d)]:
+        if reset:
+            bn.reset_running_stats()
+        if cumulative:
+            bn.momentum = None
+    model.train(train)
+    if forward:
+        with torch.no_grad():
+            model(x)
+    return model.eval()
+
+def wrong(model, x):
+    return recalibrate(model, x, """
 WRONG = {
     ("ch05.q2", "eval() forgotten"): PREDICT + "with torch.no_grad():\n        return model(x)",
     ("ch05.q2", "mode not restored"): PREDICT + "model.eval()\n    with torch.no_grad():\n        return model(x)",
@@ -80,3 +97,57 @@ def test_the_counter_comes_from_running_pytorch():
     assert exercise("ch05.q3").expected() == 5
     assert exercise("ch05.q3").evaluate(0).mistake == "no_grad switches mode"
     assert exercise("ch05.q3").evaluate(3).mistake == "inference_mode switches mode"
+
+
+@pytest.mark.parametrize("mistake, arguments", [
+    ("momentum kept", "reset=False, cumulative=False"), ("counter not reset", "reset=False"),
+    ("reset only", "forward=False"), ("statistics unchanged", "reset=False, train=False"),
+])
+def test_a_repair_with_a_typical_mistake_fails_with_its_own_message(mistake, arguments):
+    source = RECALIBRATE + arguments + ")"  # wrong() becomes the answer, recalibrate() its helper
+    source = source.replace("recalibrate(", "helper(").replace("def wrong(", "def recalibrate(")
+    assert_mistake_named(exercise("ch05.q7"), source, mistake)
+
+
+def test_a_repair_left_in_train_mode_or_that_trains_or_returns_nothing_is_named():
+    q7 = exercise("ch05.q7")
+    solution = answer_from(q7.solution_code, "recalibrate")
+    result = q7.evaluate(lambda model, x: solution(model, x).train())
+    assert result.mistake == "left in train mode" and "model.eval()" in result.message
+
+    def trains(model, x):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.mul_(0.5)
+        return solution(model, x)
+
+    result = q7.evaluate(trains)
+    assert result.mistake == "weights changed" and "no training step" in result.message
+    result = q7.evaluate(lambda model, x: None)
+    assert result.status == "failed" and "return the model" in result.message
+    result = q7.evaluate(lambda model, x: (solution(model, x), x.sub_(1))[0])
+    assert result.mistake == "input changed in place" and "`x`" in result.message
+
+
+def test_a_repair_may_work_on_a_copy_or_set_momentum_to_one():
+    import copy
+
+    q7 = exercise("ch05.q7")
+    solution = answer_from(q7.solution_code, "recalibrate")
+    assert q7.evaluate(lambda model, x: solution(copy.deepcopy(model), x)).passed
+
+    def momentum_one(model, x):
+        for bn in [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm1d)]:
+            bn.momentum = 1.0
+        model.train()
+        with torch.no_grad():
+            model(x)
+        return model.eval()
+
+    assert q7.evaluate(momentum_one).passed
+
+
+def test_the_repair_is_checked_on_every_momentum_setting():
+    momenta = {bn.momentum for case in exercise("ch05.q7").make_cases(0) for bn in case.args["model"].modules()
+               if isinstance(bn, torch.nn.BatchNorm1d)}
+    assert {0.0, 0.1, None} <= momenta

@@ -35,3 +35,12 @@ def test_a_model_built_with_a_generator_repeats_its_weights():
     assert kinds[0] == "Flatten" and kinds[-1] == "Linear" and kinds.count("BatchNorm1d") == 2
     a, b = build_sequential(layers, generator(5)), build_sequential(layers, generator(5))
     assert all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+def test_a_block_can_put_dropout_between_the_linear_layer_and_batchnorm_and_unknown_placements_are_refused():
+    import pytest
+
+    layers = random_mlp_layers(generator(), placements=["dropout before"], flatten=False, dropout=False)
+    assert [layer[0] for layer in layers] == ["Linear", "Dropout", "BatchNorm1d", "ReLU", "Linear"]
+    with pytest.raises(ValueError, match="placement must be .* got 'middle'"):
+        random_mlp_layers(generator(), placements=["middle"], flatten=False, dropout=False)

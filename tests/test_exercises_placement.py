@@ -1,15 +1,17 @@
 """bnlab.exercises.placement (ch02): the reference solutions pass, each typical mistake fails with its own message,
-and a block must be an nn.Sequential of PyTorch's layers."""
+a block must be an nn.Sequential of PyTorch's layers, and the seed results do what the questions say of them."""
+
+import math
+import statistics
 
 import pytest
 from torch import nn
 
 from bnlab.exercises import exercise
-from bnlab.exercises.placement import EXERCISES
+from bnlab.exercises.placement import EXERCISES, SEED_RESULTS, T_CRITICAL_4
 from exercise_answers import answer_from, assert_mistake_named, assert_solution_passes
 
 BLOCK = "def hidden_block(n_in, n_out, placement, dropout=0.0):\n    "
-MEAN = "statistics.fmean"
 WRONG = {
     ("ch02.q1", "placement swapped"):
         BLOCK + "if placement == 'after':\n"
@@ -25,24 +27,6 @@ WRONG = {
         BLOCK + "if placement == 'before':\n"
                 "        return nn.Sequential(nn.Linear(n_in, n_out), nn.BatchNorm1d(n_out), nn.ReLU())\n"
                 "    return nn.Sequential(nn.Linear(n_in, n_out), nn.ReLU(), nn.BatchNorm1d(n_out))",
-    ("ch02.q2", "signed difference"):
-        f"def differs_beyond_noise(a, b):\n    return {MEAN}(a) - {MEAN}(b) > max(statistics.stdev(a), "
-        f"statistics.stdev(b))",
-    ("ch02.q2", "population standard deviation"):
-        f"def differs_beyond_noise(a, b):\n    return abs({MEAN}(a) - {MEAN}(b)) > max(statistics.pstdev(a), "
-        f"statistics.pstdev(b))",
-    ("ch02.q2", "smaller spread"):
-        f"def differs_beyond_noise(a, b):\n    return abs({MEAN}(a) - {MEAN}(b)) > min(statistics.stdev(a), "
-        f"statistics.stdev(b))",
-    ("ch02.q2", "sum of spreads"):
-        f"def differs_beyond_noise(a, b):\n    return abs({MEAN}(a) - {MEAN}(b)) > statistics.stdev(a) + "
-        f"statistics.stdev(b)",
-    ("ch02.q2", "variance instead of standard deviation"):
-        f"def differs_beyond_noise(a, b):\n    return abs({MEAN}(a) - {MEAN}(b)) > max(statistics.variance(a), "
-        f"statistics.variance(b))",
-    ("ch02.q2", "input changed in place"):
-        f"def differs_beyond_noise(a, b):\n    a.sort()\n    return abs({MEAN}(a) - {MEAN}(b)) > "
-        f"max(statistics.stdev(a), statistics.stdev(b))",
 }
 
 
@@ -73,10 +57,41 @@ def test_a_block_must_be_a_sequential_of_pytorchs_layers_in_float32():
     assert nested.passed, nested.message
 
 
-def test_verdicts_must_be_true_or_false():
-    q2 = exercise("ch02.q2")
-    assert "True or False" in q2.evaluate(lambda a, b: "yes").message
-    import torch
+@pytest.mark.parametrize("value, mistake", [
+    (1.1611, "unpaired test"), (-11.82, "sign"), (13.21, "population standard deviation"),
+    (5.285, "no square root of n"), (10.57, "n - 1 in the standard error"),
+])
+def test_a_t_statistic_from_a_typical_mistake_is_named(value, mistake):
+    result = exercise("ch02.q2").evaluate(value)
+    assert result.status == "failed" and result.mistake == mistake, result.message
 
-    solution = answer_from(q2.solution_code, "differs_beyond_noise")
-    assert q2.evaluate(lambda a, b: torch.tensor(solution(a, b))).passed
+
+def test_the_paired_t_statistic_is_right_to_two_decimals():
+    d = [a - b for a, b in zip(SEED_RESULTS["after"], SEED_RESULTS["before"])]
+    t = statistics.fmean(d) / (statistics.stdev(d) / math.sqrt(len(d)))
+    assert exercise("ch02.q2").expected() == pytest.approx(t)
+    assert exercise("ch02.q2").evaluate(round(t, 2)).passed
+
+
+def test_the_seed_results_do_what_the_questions_say():
+    """Every seed favours 'after', the paired test supports it, the unpaired view and the old screen do not."""
+    after, before = SEED_RESULTS["after"], SEED_RESULTS["before"]
+    assert all(a > b for a, b in zip(after, before))
+    difference = statistics.fmean(after) - statistics.fmean(before)
+    assert difference < min(statistics.stdev(after), statistics.stdev(before))
+    assert exercise("ch02.q2").expected() > T_CRITICAL_4
+    welch = next(value for name, value, _ in exercise("ch02.q2").mistakes() if name == "unpaired test")
+    assert abs(welch) < T_CRITICAL_4
+    assert round(statistics.fmean(before), 2) == 97.71 and round(statistics.fmean(after), 2) == 97.81
+    assert round(statistics.stdev(before), 2) == round(statistics.stdev(after), 2) == 0.13
+
+
+def test_the_critical_value_is_the_t_quantile_for_four_degrees_of_freedom():
+    """P(|T| > t) = 0.05 at t = 2.776, rounded to three decimals, from the closed form for 4 degrees of freedom:
+    P(|T| <= t) = x (3 - x^2) / 2 with x = t / sqrt(4 + t^2)."""
+
+    def two_sided(t):
+        x = t / math.sqrt(4 + t * t)
+        return 1 - x * (3 - x * x) / 2
+
+    assert two_sided(T_CRITICAL_4 - 0.0005) > 0.05 > two_sided(T_CRITICAL_4 + 0.0005)

@@ -1,11 +1,12 @@
 """bnlab.exercises.running_statistics (ch04): the reference solutions pass, each typical mistake fails with its own
-message, including the in-place update BatchNorm itself does to its buffers."""
+message, including the in-place update BatchNorm itself does to its buffers, and the draft to debug fails for both
+its bugs."""
 
 import pytest
 
 from bnlab.exercises import exercise
-from bnlab.exercises.running_statistics import EXERCISES, SHORT_TRAINING
-from exercise_answers import assert_mistake_named, assert_solution_passes
+from bnlab.exercises.running_statistics import BUGGY_UPDATE, EXERCISES, SHORT_TRAINING
+from exercise_answers import answer_from, assert_mistake_named, assert_solution_passes
 
 UPDATE = "def update_running_stats(running_mean, running_var, x, momentum=0.1):\n    "
 WRONG = {
@@ -66,3 +67,16 @@ def test_the_numbers_come_from_running_pytorch():
     assert exercise("ch04.q3").expected() == pytest.approx(0.9 ** 10 + 2 * (1 - 0.9 ** 10))
     assert exercise("ch04.q2").evaluate(1.3026).passed and not exercise("ch04.q2").evaluate(1.35).passed
     assert f"{0.9 ** SHORT_TRAINING:.2f}" in exercise("ch04.q5").why["A"]
+
+
+def test_the_draft_to_debug_fails_for_both_bugs_and_each_fix_leaves_the_other():
+    q1 = exercise("ch04.q1")
+    assert_mistake_named(q1, BUGGY_UPDATE.replace("update_draft", "update_running_stats"),
+                         "momentum on the wrong term and biased variance in running_var")
+    assert q1.mistakes["momentum on the wrong term and biased variance in running_var"].startswith("Both bugs")
+    variance_fixed = BUGGY_UPDATE.replace("unbiased=False", "unbiased=True")
+    assert q1.evaluate(answer_from(variance_fixed, "update_draft")).mistake == "momentum on the wrong term"
+    momentum_fixed = BUGGY_UPDATE.replace("momentum * running_mean + (1 - momentum)", "(1 - momentum) * "
+                                          "running_mean + momentum").replace(
+        "momentum * running_var + (1 - momentum)", "(1 - momentum) * running_var + momentum")
+    assert q1.evaluate(answer_from(momentum_fixed, "update_draft")).mistake == "biased variance in running_var"

@@ -48,8 +48,7 @@ def submissions() -> dict:
         **build.hostile(destructive=build.ISOLATED),
         **build.honest(),
         **{f"solved_ex{k[2:]}": solved(k) for k in SETS},
-        "untouched_ex01": build.untouched("ch01"),
-        "untouched_ex05": build.untouched("ch05"),
+        **{f"untouched_ex{k[2:]}": build.untouched(k) for k in SETS},
         "huge_code_ex01": build.append(solved("ch01"), "x = 1  # " + "y" * (6 * 1024**2)),
         "truncated_ex01": '{"cells": [{"cell_type": "code", "source": "answer_q2 = 1"',
         "not_utf8_ex01": b"\xff\xfe\x00garbage\x80",
@@ -123,7 +122,7 @@ def test_reference_solutions_score_full_points(run, set_key):
     assert float(row["max_total"]) == SETS[set_key].max_points
 
 
-@pytest.mark.parametrize("name", ["untouched_ex01", "untouched_ex05", "printed_claims_ex01"])
+@pytest.mark.parametrize("name", [*(f"untouched_ex{k[2:]}" for k in SETS), "printed_claims_ex01"])
 def test_untouched_notebooks_and_stored_claims_score_zero(run, name):
     row = run.rows[name]
     assert float(row["total"]) == 0 and row["status"] == "graded"
@@ -132,8 +131,8 @@ def test_untouched_notebooks_and_stored_claims_score_zero(run, name):
 
 def test_partial_answers_score_partial_points_and_name_the_mistake(run):
     row = run.rows["partial_ex01"]
-    assert [status(row, q) for q in ("q1", "q2", "q3", "q4")] == [PASSED, NOT_ATTEMPTED, FAILED, PASSED]
-    assert float(row["total"]) == POINTS["ch01.q1"] + POINTS["ch01.q4"]
+    assert [status(row, q) for q in ("q1", "q2", "q3", "q4", "q5")] == [PASSED, NOT_ATTEMPTED, FAILED, PASSED, PASSED]
+    assert float(row["total"]) == POINTS["ch01.q1"] + POINTS["ch01.q4"] + POINTS["ch01.q5"]
     assert "q3: failed (statistics over the batch axis only)" in row["reason"]
 
 
@@ -141,7 +140,7 @@ def test_float64_results_and_changed_inputs_fail_with_their_own_message(run):
     row = run.rows["mistakes_ex01"]
     assert "q1: failed (wrong dtype)" in row["reason"] and "float64, not float32" in details(row)["q1"]
     assert "q3: failed (input changed in place)" in row["reason"] and "`x` in place" in details(row)["q3"]
-    assert float(row["total"]) == POINTS["ch01.q2"] + POINTS["ch01.q4"]
+    assert float(row["total"]) == POINTS["ch01.q2"] + POINTS["ch01.q4"] + POINTS["ch01.q5"]
     row = run.rows["mistakes_ex04"]
     assert "q1: failed (input changed in place)" in row["reason"] and "`running_mean`" in details(row)["q1"]
     assert "q2: failed (momentum on the wrong term)" in row["reason"]
@@ -154,10 +153,28 @@ def test_predict_that_restores_only_the_models_own_mode_fails_on_a_mixed_mode_mo
     assert "q5: failed (BatchNorm left in train mode)" in row["reason"]
 
 
-def test_a_learner_who_sets_float64_as_the_default_dtype_loses_only_the_dtype_sensitive_exercise(run):
+def test_a_wrong_diagnosis_and_a_repair_that_keeps_momentum_fail_with_their_reasons(run):
+    row = run.rows["mistakes_ex05"]
+    assert status(row, "q6") == FAILED and "C is not right" in details(row)["q6"]
+    assert "q7: failed (momentum kept)" in row["reason"] and "reset_running_stats" in details(row)["q7"]
+    assert [status(row, q) for q in ("q1", "q3", "q4")] == [PASSED] * 3
+    assert float(row["total"]) == sum(POINTS[f"ch05.{q}"] for q in ("q1", "q3", "q4"))
+
+
+def test_the_new_mistakes_of_chapters_2_and_3_are_named_in_the_grade(run):
+    row = run.rows["mistakes_ex02"]
+    assert "q2: failed (unpaired test)" in row["reason"] and "B is not right" in details(row)["q4"]
+    assert float(row["total"]) == POINTS["ch02.q1"] + POINTS["ch02.q3"]
+    row = run.rows["mistakes_ex03"]
+    assert "q3: failed (Dropout in between counted)" in row["reason"]
+    assert "q5: failed (shift left out)" in row["reason"]
+    assert float(row["total"]) == SETS["ch03"].max_points - POINTS["ch03.q3"] - POINTS["ch03.q5"]
+
+
+def test_a_learner_who_sets_float64_as_the_default_dtype_loses_only_the_dtype_sensitive_exercises(run):
     row = run.rows["float64_default_ex03"]
-    assert [status(row, q) for q in ("q1", "q2", "q3", "q4")] == [PASSED, FAILED, PASSED, PASSED]
-    assert "q2: failed (wrong dtype)" in row["reason"]
+    assert [status(row, q) for q in ("q1", "q2", "q3", "q4", "q5")] == [PASSED, FAILED, PASSED, PASSED, FAILED]
+    assert "q2: failed (wrong dtype)" in row["reason"] and "q5: failed (wrong dtype)" in row["reason"]
 
 
 def test_reordered_cells_are_graded_on_the_final_state(run):

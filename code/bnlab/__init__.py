@@ -6,7 +6,7 @@ Modules, named for the ideas the chapters use:
 * ``models``: the lecture's MLP from an ``MLPConfig`` (hidden sizes, BatchNorm placement, bias, dropout);
   ``build_model(config)``.
 * ``layers``: what every module that looks inside a model needs: its BatchNorm layers, its device, every
-  module's train/eval flag saved and restored, the layers a forward pass calls in order.
+  module's train/eval flag saved and restored.
 * ``training``: the plain training loop (``TrainConfig``, ``train``, ``train_model``), ``accuracy``, device
   selection, seeding, the per-epoch ``History``.
 * ``fast``: speed-ups beside the loop: a fused MLP step with the plain step's bits (checked at first use, with a
@@ -15,14 +15,15 @@ Modules, named for the ideas the chapters use:
 * ``stats``: the book's one statistical rule: ``Spread``, ``compare`` (paired t-test, 95 % CI), verdict sentences.
 * ``batchnorm``: BatchNorm written out by hand, checked against ``torch.nn.BatchNorm1d`` (chapter 1).
 * ``folding``: folding an eval-mode BatchNorm into the Linear layer before or after it (chapter 3).
-* ``running_stats``: the momentum average of the statistics, and statistics of a whole split (chapter 4).
+* ``running_stats``: the momentum average of the statistics, and precise BN (chapter 4).
 * ``modes``: train mode and eval mode, freezing BatchNorm while fine-tuning (chapter 5).
 * ``plots``: every figure: curves, seed spreads, running statistics, and explorers, embedded in the page (Altair)
   or live (ipywidgets).
 * ``exercises``: the graded exercises (the framework, the probe that runs an answer, one module per chapter).
 * ``grading``: ``python -m bnlab.grade`` for instructors: sandboxed kernels, reports, the Gradescope autograder,
   and ``grading.kernels``, running notebooks without sleeping through a kernel's message (grader, book build).
-* ``bench``: ``python -m bnlab.bench``, how fast training runs against the standard DataLoader pipeline.
+* ``bench``: ``python -m bnlab.bench``, how fast the plain loop and the fused step train against the standard
+  DataLoader pipeline.
 * ``profiles``, ``reference``, ``book``: run sizes (``BNLAB_PROFILE``), the lecture's recorded numbers, glue.
 """
 

@@ -12,7 +12,8 @@ In an exercise notebook::
 
 The package: ``core`` (the framework: ``Result``, the exercise kinds, ``ExerciseSet``), ``checks`` (reading what
 the probe saw, and exact comparisons), ``probe`` (what runs where the learner's code runs), ``inputs`` (random
-inputs), and one module per chapter, named for its idea, each with an ``EXERCISES`` set.
+inputs), ``scenarios`` (models and data a notebook hands to the learner to investigate), and one module per
+chapter, named for its idea, each with an ``EXERCISES`` set.
 
 A new chapter adds its exercises by adding one module here that defines ``EXERCISES = ExerciseSet("ch06", ...)``:
 the registry below finds it, ``from bnlab.exercises import ch06`` works, and the grader knows the set. (A helper
@@ -29,7 +30,7 @@ from .core import (
     ExerciseSet, FunctionExercise, Result, ValueExercise,
 )
 
-FRAMEWORK = {"core", "checks", "probe", "inputs"}
+FRAMEWORK = {"core", "checks", "probe", "inputs", "scenarios"}
 
 
 def discover() -> dict:

@@ -1,5 +1,6 @@
-"""Exercises for the chapter *BatchNorm in an MLP* (``ch01``): the train-mode forward pass of BatchNorm1d and of
-BatchNorm2d, the lecture's parameter count, parameters versus buffers."""
+"""Exercises for the chapter *BatchNorm in an MLP* (``ch01``): the train-mode forward pass of BatchNorm1d (written
+from what the chapter taught, no formula given), the lecture's parameter count, a BatchNorm2d forward pass with two
+bugs to find and fix, parameters versus buffers, and what eps does to a feature of small variance."""
 
 from __future__ import annotations
 
@@ -82,22 +83,35 @@ class BatchNormForward(FunctionExercise):
         return f"a float32 x of shape ({n}, {c}) and {eps_text(case)}"
 
 
+# The function ch01.q3 asks the learner to debug: it runs on images, but two lines are wrong.
+BUGGY_BATCHNORM2D = '''
+def batchnorm2d_draft(x, gamma, beta, eps=1e-5):
+    mean = x.mean(dim=0, keepdim=True)
+    var = x.var(dim=0, keepdim=True)
+    x_hat = (x - mean) / torch.sqrt(var + eps)
+    return gamma.view(1, -1, 1, 1) * x_hat + beta.view(1, -1, 1, 1)'''.strip()
+
+
 class BatchNorm2dForward(FunctionExercise):
-    """``batchnorm2d_forward(x, gamma, beta, eps=1e-5)`` for a float32 x of shape (N, C, H, W), in train mode."""
+    """``batchnorm2d_forward(x, gamma, beta, eps=1e-5)`` for a float32 x of shape (N, C, H, W), in train mode: the
+    learner debugs ``BUGGY_BATCHNORM2D`` (statistics over the batch axis alone, and the unbiased variance)."""
 
     mistakes = {
-        "statistics over the batch axis only": "Statistics over the wrong axes: you kept one mean per pixel "
-                                               "(over dim=0 alone), as if every pixel were a feature. BatchNorm2d "
-                                               "keeps one mean and one variance per channel, over N, H and W: "
-                                               "dim=(0, 2, 3).",
+        "both bugs left": "Both bugs are still there: the statistics run over the batch axis alone (one mean per "
+                          "pixel), and the variance is the unbiased one. Compare with nn.BatchNorm2d's output on a "
+                          "small batch, one channel at a time.",
+        "statistics over the batch axis only": "One bug is left: the statistics run over the batch axis alone "
+                                               "(dim=0), so every pixel gets its own mean, as if every pixel were "
+                                               "a feature. BatchNorm2d keeps one mean and one variance per "
+                                               "channel, over N, H and W: dim=(0, 2, 3).",
         "statistics per example and channel": "Statistics over the wrong axes: you normalised each example's "
                                               "channel over H and W alone (dim=(2, 3)). BatchNorm2d includes the "
                                               "batch: dim=(0, 2, 3).",
         "statistics per example": "Statistics over the wrong axes: you normalised each example over C, H and W "
                                   "(dim=(1, 2, 3)). BatchNorm2d keeps one mean and variance per channel, over "
                                   "N, H and W: dim=(0, 2, 3).",
-        "unbiased variance": "You normalised with the unbiased variance (dividing by n - 1). BatchNorm normalises "
-                             "with the biased variance: unbiased=False.",
+        "unbiased variance": "One bug is left: x.var() divides by n - 1 (the unbiased variance) unless told "
+                             "otherwise. In train mode BatchNorm normalises with the biased variance: unbiased=False.",
         "eps outside the square root": "eps is outside the square root: divide by sqrt(var + eps).",
         "eps argument ignored": "Your function ignores its eps argument: use the eps it is given.",
     }
@@ -126,6 +140,7 @@ class BatchNorm2dForward(FunctionExercise):
 
         mean, var = x.mean((0, 2, 3), keepdim=True), x.var((0, 2, 3), unbiased=False, keepdim=True)
         return {
+            "both bugs left": over((0,), unbiased=True),
             "statistics over the batch axis only": over((0,)),
             "statistics per example and channel": over((2, 3)),
             "statistics per example": over((1, 2, 3)),
@@ -173,13 +188,40 @@ class LectureParameters(ValueExercise):
         return abs(got - want) < 0.5
 
 
+class SmallVarianceOutput(ValueExercise):
+    """The standard deviation BatchNorm gives a feature whose batch variance is close to eps."""
+
+    def batch(self) -> torch.Tensor:
+        """Four values with mean 0 and biased variance ``params["variance"]``, as a (4, 1) float64 batch."""
+        a = self.params["variance"] ** 0.5
+        return torch.tensor([[a], [-a], [a], [-a]], dtype=torch.float64)
+
+    def expected(self):
+        bn = nn.BatchNorm1d(1, eps=self.params["eps"]).double().train()
+        with torch.no_grad():
+            return float(bn(self.batch()).std(unbiased=False))
+
+    def mistakes(self):
+        v, eps = self.params["variance"], self.params["eps"]
+        return [
+            ("unit variance assumed", 1.0,
+             "BatchNorm divides by sqrt(var + eps), not by sqrt(var): the output has standard deviation 1 only "
+             "while the variance is large against eps. Here it is not."),
+            ("variance given", v / (v + eps),
+             "That is the output's variance; the question asks for its standard deviation."),
+            ("eps outside the square root", v ** 0.5 / (v ** 0.5 + eps),
+             "eps goes inside the square root: BatchNorm divides by sqrt(var + eps)."),
+        ]
+
+
 EXERCISES = ExerciseSet("ch01", "BatchNorm in an MLP", [
     BatchNormForward(
         "ch01.q1", "the train-mode forward", "batchnorm_forward", points=3,
         hint="""
-Per feature (column) j, over the batch (dim=0): mean_j = x[:, j].mean() and var_j = the *biased* variance
-(divide by N). Then y = gamma * (x - mean) / sqrt(var + eps) + beta. keepdim is not needed for (N, C): the
-(C,) statistics broadcast along the rows. Keep x's dtype (float32) and leave x as it is (no x -= ...).""",
+One mean and one variance per feature (column), over the batch (dim=0); the variance is the *biased* one (divide
+by N). Normalise, with eps inside the square root, then scale by gamma and shift by beta. The (C,) statistics
+broadcast along the rows of (N, C). Compare with nn.BatchNorm1d(C, eps=eps) in train mode, with its weight set
+to gamma and its bias to beta. Keep x's dtype (float32) and leave x as it is (no x -= ...).""",
         solution='''
 def batchnorm_forward(x, gamma, beta, eps=1e-5):
     mean = x.mean(dim=0)                    # one mean per feature, over the batch
@@ -198,11 +240,11 @@ model = build_mlp(MLPConfig(hidden=(75, 45), placement="before", bias=False))
 answer_q2 = count_parameters(model)
 # by hand: 784*75 + 2*75  +  75*45 + 2*45  +  45*10 + 10'''),
     BatchNorm2dForward(
-        "ch01.q3", "BatchNorm2d's forward", "batchnorm2d_forward", points=3,
+        "ch01.q3", "debug a BatchNorm2d forward", "batchnorm2d_forward", points=3,
         hint="""
-BatchNorm2d keeps one mean and one variance per channel, computed over the batch and both spatial axes:
-dim=(0, 2, 3), with keepdim=True so that they broadcast against (N, C, H, W). gamma and beta have shape (C,):
-reshape them to (1, C, 1, 1).""",
+Run the draft and nn.BatchNorm2d(C) (train mode) on the same small batch and compare. How many means does the
+draft compute: one per channel, or one per (channel, pixel)? And which variance does x.var() compute unless
+told otherwise? BatchNorm2d averages over the batch and both spatial axes, dim=(0, 2, 3).""",
         solution='''
 def batchnorm2d_forward(x, gamma, beta, eps=1e-5):
     mean = x.mean(dim=(0, 2, 3), keepdim=True)                 # (1, C, 1, 1)
@@ -221,4 +263,14 @@ def batchnorm2d_forward(x, gamma, beta, eps=1e-5):
             "E": "num_batches_tracked is a buffer that counts the train-mode forward passes.",
         },
         hint="Compare `[name for name, _ in bn.named_parameters()]` with `list(bn.state_dict())`."),
+    SmallVarianceOutput(
+        "ch01.q5", "a feature whose variance is close to eps", "answer_q5", points=2,
+        params={"variance": 0.003, "eps": 0.001},
+        hint="""
+BatchNorm divides x - mean by sqrt(var + eps), not by sqrt(var). With gamma = 1 and beta = 0, what is the
+standard deviation of (x - mean) / sqrt(var + eps) when x has variance var?""",
+        solution='''
+bn = nn.BatchNorm1d(1, eps=0.001)                        # train mode
+x = torch.tensor([[1.0], [-1.0], [1.0], [-1.0]]) * 0.003 ** 0.5   # mean 0, biased variance 0.003
+answer_q5 = bn(x).std(unbiased=False).item()             # by hand: sqrt(0.003 / (0.003 + 0.001)) = sqrt(0.75)'''),
 ])

@@ -298,10 +298,14 @@ class FunctionExercise(Exercise):
         return problem
 
     def consistent_mistake(self, cases: list, outputs: list) -> str | None:
-        """The first typical mistake whose results equal the answer's on every case."""
+        """The first typical mistake whose results equal the answer's on every case (where a case has no result
+        for a mistake, the reference's). Mistakes that ``variants`` gives no result for on any case are named by
+        ``problem`` or ``side_effects`` instead."""
         variants = [self.variants(case) for case in cases]
         wants = [self.expected(case) for case in cases]
         for name in self.mistakes:
+            if not any(name in v for v in variants):
+                continue
             if all(self.same(c, got, v.get(name, want)) for c, got, v, want in zip(cases, outputs, variants, wants)):
                 return name
         return None

@@ -1,5 +1,7 @@
 """Exercises for the chapter *Eval mode* (``ch05``): train mode at a small batch size, predicting without side
-effects, num_batches_tracked under no_grad, what switches BatchNorm to its running statistics, freezing BatchNorm.
+effects, num_batches_tracked under no_grad, what switches BatchNorm to its running statistics, freezing BatchNorm,
+and a model whose eval accuracy collapsed: diagnose it (``scenarios.collapsed_model`` hands it over with its
+data), then re-estimate its running statistics.
 
 Models come in mixed modes too (a frozen BatchNorm inside a train-mode model): "the mode it had" is every layer's
 own ``training`` flag, not only the model's."""
@@ -9,9 +11,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .checks import Problem, changed_inputs, tensor_problem
+from .checks import Layer, Problem, changed_inputs, describe_value, same_value, tensor_problem
 from .core import Case, ChoiceExercise, ExerciseSet, FunctionExercise, ValueExercise
 from .inputs import build_sequential, normal, randint, random_mlp_layers, seeded, uniform
+from .scenarios import single_threaded
 
 # How a case sets the layers' modes: the model's own flag, then the BatchNorm layers' flag.
 MODE_PATTERNS = (
@@ -204,6 +207,134 @@ class BatchesTracked(ValueExercise):
         return abs(got - want) < 0.5
 
 
+# --- a model whose eval accuracy collapsed (ch05.q6, q7) ------------------------------------------------------
+
+def recalibrated(model: nn.Module, x: torch.Tensor) -> nn.Module:
+    """``model`` (changed in place) with every BatchNorm's running statistics those of one train-mode pass of
+    ``x`` (reset, then a cumulative average over that one batch), each layer's momentum kept, in eval mode."""
+    layers = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [bn.momentum for bn in layers]
+    for bn in layers:
+        bn.reset_running_stats()
+        bn.momentum = None
+    model.train()
+    with torch.no_grad():
+        model(x)
+    for bn, momentum in zip(layers, momenta):
+        bn.momentum = momentum
+    return model.eval()
+
+
+class Recalibrate(FunctionExercise):
+    """``recalibrate(model, x)`` -> the model with its BatchNorm running statistics re-estimated from the batch x,
+    in eval mode, its weights unchanged. Judged on the returned model's outputs for a batch it never saw."""
+
+    rtol, atol = 1e-3, 1e-4
+    mistakes = {
+        "momentum kept": "One pass in train mode moves the running statistics only part of the way: by momentum "
+                         "(0.1 by default, not at all with momentum=0) or, with momentum=None, by "
+                         "1 / num_batches_tracked. Reset them first (bn.reset_running_stats()) and set "
+                         "bn.momentum = None for the pass: then they become exactly the statistics of x.",
+        "counter not reset": "With momentum=None BatchNorm averages over every batch it has counted "
+                             "(num_batches_tracked), so the old statistics still outweigh x: call "
+                             "bn.reset_running_stats() first, which also sets the counter to 0.",
+        "reset only": "reset_running_stats() sets running_mean to 0 and running_var to 1; pass x through the model "
+                      "in train mode afterwards, so that the statistics become those of x.",
+        "statistics unchanged": "The running statistics are as they were: a forward pass in eval mode does not "
+                                "update them. Put the BatchNorm layers in train mode for the pass.",
+        "left in train mode": "The model came back in train mode: call model.eval() at the end, so that BatchNorm "
+                              "uses the statistics you just estimated.",
+        "weights changed": "The weights changed: re-estimating the running statistics needs no training step and no "
+                           "optimizer; only BatchNorm's buffers change.",
+    }
+    MOMENTA = ((0.0,), (0.1,), (None,), (0.0, 0.1, None, 0.3))
+
+    def make_case(self, generator, index):
+        n_in = randint(generator, 3, 6)
+        layers, width = [], n_in
+        for block in range(randint(generator, 2, 3)):
+            out = randint(generator, 4, 8)
+            bn = nn.BatchNorm1d(out, momentum=self.MOMENTA[index % 4][block % len(self.MOMENTA[index % 4])])
+            relu = nn.ReLU()
+            layers += [nn.Linear(width, out), *((bn, relu) if randint(generator, 0, 1) else (relu, bn))]
+            width = out
+        model = seeded(nn.Sequential(*layers, nn.Linear(width, randint(generator, 2, 4))), generator, std=0.6)
+        for bn in (m for m in model.modules() if isinstance(m, nn.BatchNorm1d)):
+            with torch.no_grad():
+                bn.weight.copy_(1 + 0.3 * normal(generator, bn.num_features))
+                if index % 4 != 0:  # stale statistics; the first case keeps the start values 0 and 1
+                    bn.running_mean.copy_(normal(generator, bn.num_features) * 3)
+                    bn.running_var.copy_(uniform(generator, 0.05, 4.0, bn.num_features))
+                bn.num_batches_tracked.fill_(randint(generator, 3, 6))  # momentum=None: 1 / (counter + 1)
+        model.train(bool(randint(generator, 0, 1)))
+        offset = uniform(generator, 1.0, 4.0, n_in)
+        x = normal(generator, randint(generator, 48, 96), n_in) * 2 + offset
+        return Case({"model": model, "x": x}, info={"test": normal(generator, 6, n_in) * 2 + offset})
+
+    def outputs(self, case, change=None) -> torch.Tensor:
+        """The eval-mode outputs on the case's test batch of the model after ``change(model, x)`` (by default the
+        reference recalibration), in float64."""
+        model, x = case.inputs()["model"].double(), case.args["x"].to(torch.float64)
+        with single_threaded():
+            (change or recalibrated)(model, x)
+            with torch.no_grad():
+                return model.eval()(case.info["test"].to(torch.float64))
+
+    def expected(self, case):
+        return self.outputs(case)
+
+    def variants(self, case):
+        def one_pass(model, x, *, reset=False, cumulative=False, forward=True):
+            for bn in (m for m in model.modules() if isinstance(m, nn.BatchNorm1d)):
+                if reset:
+                    bn.reset_running_stats()
+                if cumulative:
+                    bn.momentum = None
+            if forward:
+                with torch.no_grad():
+                    model.train()(x)
+
+        return {
+            "momentum kept": self.outputs(case, one_pass),
+            "counter not reset": self.outputs(case, lambda m, x: one_pass(m, x, cumulative=True)),
+            "reset only": self.outputs(case, lambda m, x: one_pass(m, x, reset=True, forward=False)),
+            "statistics unchanged": self.outputs(case, lambda m, x: None),
+        }
+
+    def problem(self, case, got, want):
+        model = case.decoded()["model"]
+        if got is None:
+            return Problem("recalibrate returned None: return the model (the same object, fixed in place, is fine)")
+        if not isinstance(got, Layer) or got.custom or \
+                [(n, m.kind) for n, m in got.named_modules()] != [(n, m.kind) for n, m in model.named_modules()]:
+            return Problem(f"expected the model with the same layers, got {describe_value(got)}")
+        params = got.named_tensors("params")
+        changed = [n for n, t in model.named_tensors("params").items() if not same_value(t, params.get(n))]
+        if changed:
+            return Problem(f"its parameters {', '.join(changed[:3])} changed", "weights changed")
+        training = [f"{name or '(model)'} ({kind})" for name, kind, flag in got.modes() if flag]
+        if training:
+            return Problem(f"layers in train mode: {', '.join(training[:4])}", "left in train mode")
+        built = got.build().double().eval()
+        with torch.no_grad(), single_threaded():
+            y = built(case.info["test"].to(torch.float64)).to(torch.float32)
+        return tensor_problem(y, want, rtol=self.rtol, atol=self.atol, what="the model's eval-mode output")
+
+    def side_effects(self, case, run):
+        """Changing the model's buffers and modes is the task; its parameters and x must stay as they were."""
+        changes = self.changes(case, run)
+        if changes["model"]["params"]:
+            return Problem(f"it changed the model's parameters {', '.join(changes['model']['params'][:3])}",
+                           "weights changed")
+        return changed_inputs({"x": changes["x"]})
+
+    def describe(self, case):
+        model = case.args["model"]
+        momenta = sorted({str(m.momentum) for m in model.modules() if isinstance(m, nn.BatchNorm1d)})
+        return (f"the model {' → '.join(type(m).__name__ for m in model)} (BatchNorm momentum "
+                f"{', '.join(momenta)}) and a batch x of {len(case.args['x'])} examples")
+
+
 EXERCISES = ExerciseSet("ch05", "Eval mode", [
     ChoiceExercise(
         "ch05.q1", "train mode at batch size 8", "answer_q1", points=1,
@@ -289,4 +420,51 @@ def train_with_frozen_batchnorm(model):
         if isinstance(module, nn.modules.batchnorm._BatchNorm):   # BatchNorm1d, 2d and 3d
             module.eval()
     return model'''),
+    ChoiceExercise(
+        "ch05.q6", "the eval accuracy collapsed: why?", "answer_q6", points=2,
+        options={
+            "A": "BatchNorm's momentum was 0 while the model trained, so its running statistics never left their "
+                 "start values 0 and 1.",
+            "B": "The running statistics were reset (reset_running_stats()) after training.",
+            "C": "After training, test batches of a single class went through the model in train mode, so the "
+                 "running statistics describe that class.",
+            "D": "The model trained too briefly for its running statistics to settle.",
+            "E": "The model overfits its training data.",
+        },
+        correct="A",
+        why={
+            "A": "running_mean is all 0 and running_var all 1, although num_batches_tracked counted every training "
+                 "step, and the layers have momentum=0.0: each step kept the old running values in full. Eval mode "
+                 "then treats every feature reaching BatchNorm as if it had mean 0 and variance 1; with inputs "
+                 "around 20, they are far from that.",
+            "B": "A reset also sets num_batches_tracked to 0, but the counter holds the number of training steps; "
+                 "and the layers' momentum is 0.0.",
+            "C": "The counter equals the number of training steps, so nothing went through in train mode after "
+                 "training; and the statistics are exactly 0 and 1, not any class's.",
+            "D": "With momentum 0.1, after 125 steps the start values would keep a weight of 0.9^125, about 2e-6: "
+                 "the statistics would have settled. These never moved at all.",
+            "E": "In train mode the model classifies the *test* set almost perfectly: it has learned the task; only "
+                 "the eval-mode normalisation is wrong.",
+        },
+        hint="Look at each BatchNorm layer: print(model), then its running_mean, running_var and "
+             "num_batches_tracked, next to the mean and variance of what reaches it from the training data."),
+    Recalibrate(
+        "ch05.q7", "re-estimate the running statistics", "recalibrate", points=3,
+        hint="""
+For every BatchNorm layer: reset_running_stats() (running_mean 0, running_var 1, counter 0) and momentum = None
+(a cumulative average: after one batch, exactly that batch's statistics). Then one forward pass of x in train
+mode under torch.no_grad(), each layer's momentum put back, and model.eval() before you return the model.""",
+        solution='''
+def recalibrate(model, x):
+    layers = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [bn.momentum for bn in layers]
+    for bn in layers:
+        bn.reset_running_stats()        # running_mean 0, running_var 1, num_batches_tracked 0
+        bn.momentum = None              # a cumulative average: after one batch, that batch's statistics
+    model.train()
+    with torch.no_grad():
+        model(x)
+    for bn, momentum in zip(layers, momenta):
+        bn.momentum = momentum          # the layers' own setting, for any later training
+    return model.eval()'''),
 ])

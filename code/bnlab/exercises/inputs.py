@@ -62,7 +62,8 @@ def build_sequential(layers: list, generator: torch.Generator | None = None) -> 
 
 def random_mlp_layers(generator: torch.Generator, *, placements: list, flatten: bool, dropout: bool) -> list:
     """The layers of a random MLP, one hidden block per placement ("before", "after" or "none": BatchNorm before
-    or after the ReLU, or no BatchNorm), as ``build_sequential`` takes them."""
+    or after the ReLU, or no BatchNorm; "dropout before": Linear, Dropout, BatchNorm, ReLU), as
+    ``build_sequential`` takes them. With ``dropout``, every block ends with a Dropout."""
     layers = [["Flatten"]] if flatten else []
     width = randint(generator, 4, 12)
     for placement in placements:
@@ -70,10 +71,14 @@ def random_mlp_layers(generator: torch.Generator, *, placements: list, flatten: 
         layers.append(["Linear", width, out, bool(randint(generator, 0, 1))])
         if placement == "before":
             layers += [["BatchNorm1d", out], ["ReLU"]]
+        elif placement == "dropout before":
+            layers += [["Dropout", 0.2], ["BatchNorm1d", out], ["ReLU"]]
         elif placement == "after":
             layers += [["ReLU"], ["BatchNorm1d", out]]
-        else:
+        elif placement == "none":
             layers += [["ReLU"]]
+        else:
+            raise ValueError(f"placement must be 'before', 'after', 'dropout before' or 'none'; got {placement!r}.")
         if dropout:
             layers.append(["Dropout", 0.2])
         width = out

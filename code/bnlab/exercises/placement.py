@@ -1,15 +1,13 @@
 """Exercises for the chapter *Placement* (``ch02``): a hidden block with BatchNorm before or after the activation,
-a difference against the seed-to-seed spread, the "BAD" mnemonic, what five seeds support."""
+the paired t statistic of two placements run with the same seeds, the "BAD" mnemonic, what five seeds support."""
 
 from __future__ import annotations
 
-import math
-
 import torch
 
-from .checks import Layer, Problem, describe_value, fmt
-from .core import Case, ChoiceExercise, ExerciseSet, FunctionExercise
-from .inputs import normal, randint, uniform
+from .checks import Layer, Problem, describe_value
+from .core import Case, ChoiceExercise, ExerciseSet, FunctionExercise, ValueExercise
+from .inputs import randint, uniform
 
 
 def layer_list(result) -> list | str:
@@ -108,99 +106,51 @@ class HiddenBlock(FunctionExercise):
         return f"hidden_block({a['n_in']}, {a['n_out']}, {a['placement']!r}{given})"
 
 
-def sample_std(values) -> float:
-    n = len(values)
-    mean = sum(values) / n
-    return math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+# ch02.q2 and q4: test accuracies in percent of the two placements, paired by seed (made up for the question: the
+# means differ by less than either standard deviation, but every seed favours "after" by about the same margin).
+SEED_RESULTS = {
+    "before": (97.62, 97.81, 97.70, 97.55, 97.87),
+    "after": (97.71, 97.93, 97.78, 97.66, 97.95),
+}
+T_CRITICAL_4 = 2.776  # two-sided 95 % quantile of the t distribution with 4 degrees of freedom
 
 
-def population_std(values) -> float:
-    return sample_std(values) * math.sqrt((len(values) - 1) / len(values))
+def t_statistic(differences: torch.Tensor, *, unbiased: bool = True, n_in_error=None) -> float:
+    """The one-sample t statistic of ``differences``: their mean over its standard error (``n_in_error``: the n
+    under the square root, n by default; ``unbiased``: the sample standard deviation)."""
+    n = len(differences) if n_in_error is None else n_in_error
+    return float(differences.mean() / (differences.std(unbiased=unbiased) / n ** 0.5))
 
 
-def as_bool(value):
-    """True or False for a Python bool or a one-element bool tensor; None for anything else."""
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, torch.Tensor) and value.numel() == 1 and value.dtype == torch.bool:
-        return bool(value.reshape(()))
-    return None
+class PairedT(ValueExercise):
+    """The paired t statistic of "after" minus "before", over the seeds."""
 
+    def accuracies(self, name: str) -> torch.Tensor:
+        return torch.tensor(self.params[name], dtype=torch.float64)
 
-class DiffersBeyondNoise(FunctionExercise):
-    """``differs_beyond_noise(a, b)``: is |mean(a) - mean(b)| larger than the larger sample standard deviation?
+    def expected(self):
+        return t_statistic(self.accuracies("after") - self.accuracies("before"))
 
-    The cases put the difference between the thresholds that the typical mistakes use, so that each mistake gives
-    its own pattern of answers."""
-
-    n_cases = 7
-    mistakes = {
-        "signed difference": "Compare the size of the difference, |mean(a) - mean(b)|: a variant can be better or "
-                             "worse.",
-        "population standard deviation": "Use the sample standard deviation (divide by n - 1, as "
-                                         "statistics.stdev and torch.std do), not the population one (divide by n).",
-        "smaller spread": "Compare with the larger of the two standard deviations, not the smaller.",
-        "sum of spreads": "Compare with the larger of the two standard deviations, not their sum.",
-        "variance instead of standard deviation": "Compare with a standard deviation, not a variance: the spread is "
-                                                  "in the same units as the accuracies.",
-    }
-
-    def make_case(self, generator, index):
-        n = randint(generator, 3, 6)
-        large = float(uniform(generator, 0.1, 0.25, 1))  # below 0.3: large**2 < small, variances show
-        small = large * float(uniform(generator, 0.3, 0.5, 1))  # clearly different spreads
-        sa, sb = (small, large) if randint(generator, 0, 1) else (large, small)
-
-        def with_std(std):  # n values with exactly this sample standard deviation
-            z = normal(generator, n, dtype=torch.float64)
-            z = (z - z.mean()) / z.std()
-            return [97.0 + std * float(v) for v in z]
-
-        a, b = with_std(sa), with_std(sb)
-        population = large * math.sqrt((n - 1) / n)
-        gaps = [
-            3 * (sa + sb),  # clearly larger
-            0.4 * min(small, large ** 2),  # clearly not
-            -3 * (sa + sb),  # clearly larger, b ahead
-            (population + large) / 2,  # between the population and the sample spread
-            (small + large) / 2,  # between the smaller and the larger spread
-            (large + sa + sb) / 2,  # between the larger spread and the sum
-            (large ** 2 + small) / 2,  # between the larger variance and the smaller spread
+    def mistakes(self):
+        after, before = self.accuracies("after"), self.accuracies("before")
+        d = after - before
+        n = len(d)
+        welch = float(d.mean() / (after.var() / n + before.var() / n) ** 0.5)
+        return [
+            ("unpaired test", welch,
+             "That is the unpaired (Welch) t statistic: it compares the two lists as if their seeds had nothing to "
+             "do with each other. Both placements ran the same seeds: pair them, and look at the five differences "
+             "after - before."),
+            ("sign", -self.expected(), "The sign is the other way round: the question asks for after - before."),
+            ("population standard deviation", t_statistic(d, unbiased=False),
+             "Use the sample standard deviation of the differences (divide by n - 1, as statistics.stdev and "
+             "torch.std do), not the population one."),
+            ("no square root of n", float(d.mean() / d.std()),
+             "The standard error of a mean of n values is their standard deviation divided by sqrt(n)."),
+            ("n - 1 in the standard error", t_statistic(d, n_in_error=n - 1),
+             "The standard error divides the standard deviation by sqrt(n), with n = 5 differences (the n - 1 "
+             "belongs inside the standard deviation)."),
         ]
-        gap = gaps[index % len(gaps)]
-        return Case({"a": [round(v + gap, 10) for v in a], "b": [round(v, 10) for v in b]})
-
-    @staticmethod
-    def verdict(a, b, *, spread=max, std=sample_std, signed=False) -> bool:
-        difference = sum(a) / len(a) - sum(b) / len(b)
-        return (difference if signed else abs(difference)) > spread(std(a), std(b))
-
-    def expected(self, case):
-        return self.verdict(case.args["a"], case.args["b"])
-
-    def variants(self, case):
-        a, b = case.args["a"], case.args["b"]
-        return {
-            "signed difference": self.verdict(a, b, signed=True),
-            "population standard deviation": self.verdict(a, b, std=population_std),
-            "smaller spread": self.verdict(a, b, spread=min),
-            "sum of spreads": self.verdict(a, b, spread=lambda x, y: x + y),
-            "variance instead of standard deviation": self.verdict(a, b, std=lambda v: sample_std(v) ** 2),
-        }
-
-    def problem(self, case, got, want):
-        verdict = as_bool(got)
-        if verdict is None:
-            return Problem(f"expected True or False, got {describe_value(got)}")
-        if verdict is want:
-            return None
-        a, b = case.args["a"], case.args["b"]
-        gap = abs(sum(a) / len(a) - sum(b) / len(b))
-        return Problem(f"the means differ by {fmt(gap)}, the standard deviations are {fmt(sample_std(a))} and "
-                       f"{fmt(sample_std(b))}: expected {want}, got {verdict}")
-
-    def describe(self, case):
-        return f"a = {[round(v, 3) for v in case.args['a']]}, b = {[round(v, 3) for v in case.args['b']]}"
 
 
 EXERCISES = ExerciseSet("ch02", "Placement", [
@@ -220,17 +170,18 @@ def hidden_block(n_in, n_out, placement, dropout=0.0):
     if dropout > 0:
         layers.append(nn.Dropout(dropout))
     return nn.Sequential(*layers)'''),
-    DiffersBeyondNoise(
-        "ch02.q2", "a difference larger than the seed-to-seed spread?", "differs_beyond_noise", points=3,
+    PairedT(
+        "ch02.q2", "the paired t statistic", "answer_q2", points=2, params=SEED_RESULTS, rel_tol=5e-3,
         hint="""
-Compute each list's mean and sample standard deviation (statistics.fmean and statistics.stdev, which divides by
-n - 1). The answer is abs(mean_a - mean_b) > max(std_a, std_b).""",
+Pair the runs by seed: d = after - before, one difference per seed. The paired t statistic is the mean of d
+divided by its standard error, statistics.stdev(d) / sqrt(len(d)).""",
         solution='''
 import statistics
 
-def differs_beyond_noise(a, b):
-    difference = statistics.fmean(a) - statistics.fmean(b)
-    return abs(difference) > max(statistics.stdev(a), statistics.stdev(b))'''),
+before = [97.62, 97.81, 97.70, 97.55, 97.87]
+after = [97.71, 97.93, 97.78, 97.66, 97.95]
+d = [a - b for a, b in zip(after, before)]                  # one difference per seed
+answer_q2 = statistics.fmean(d) / (statistics.stdev(d) / len(d) ** 0.5)'''),
     ChoiceExercise(
         "ch02.q3", "the 'BAD' mnemonic", "answer_q3", points=1,
         options={
@@ -249,21 +200,24 @@ def differs_beyond_noise(a, b):
         },
         hint="Spell the first letters of BatchNorm, Activation, Dropout in that order. Is that a good word?"),
     ChoiceExercise(
-        "ch02.q4", "what five seeds support", "answer_q4", points=1,
+        "ch02.q4", "what five seeds support", "answer_q4", points=2,
         options={
-            "A": "'after' is the better placement: its mean is higher.",
-            "B": "The difference is smaller than the seed-to-seed spread: these runs show no difference between the "
-                 "placements.",
-            "C": "'before' is the better placement: its standard deviation is smaller.",
-            "D": "Nothing at all: with five seeds no difference could ever count as real.",
+            "A": "'after' is better in these runs, and the seeds support it: every seed favours 'after', and the "
+                 "paired t-test gives |t| > 2.776 (p < 0.05).",
+            "B": "No difference: the means differ by less than either standard deviation, so the difference is "
+                 "within the seed-to-seed noise.",
+            "C": "'after' is the better placement for MLPs in general.",
+            "D": "Nothing at all: five seeds are too few for any verdict.",
         },
-        correct="B",
+        correct="A",
         why={
-            "A": "The means differ by less than either standard deviation: another set of seeds could reverse the "
-                 "order.",
-            "B": "A difference within the seed-to-seed spread is no evidence for either placement.",
-            "C": "A smaller spread says the runs agree more with each other, not that they are better.",
-            "D": "A difference several times larger than the spread would count, even with five seeds.",
+            "A": "Pairing by seed removes what a seed does to both placements alike; what is left, the five "
+                 "differences, are all positive and close together, far from 0 against their standard error.",
+            "B": "The standard deviations measure how much a seed moves *both* placements; the comparison is about "
+                 "the differences seed by seed, which vary much less. The unpaired view misses a consistent gain.",
+            "C": "The runs support a difference for this model, data and training setup; other networks, data sets "
+                 "or learning rates may differ.",
+            "D": "Five paired runs can support a difference when the differences are consistent, as here.",
         },
-        hint="Compare the difference of the means with the standard deviations."),
+        hint="Look at the five differences after - before, seed by seed, and at the t statistic of exercise 2."),
 ])

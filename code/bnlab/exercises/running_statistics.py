@@ -1,5 +1,6 @@
-"""Exercises for the chapter *Running statistics* (``ch04``): the momentum update, running_mean and running_var
-after k steps, Keras's momentum in PyTorch, why eval mode is worse after a short training."""
+"""Exercises for the chapter *Running statistics* (``ch04``): the momentum update (a draft with two bugs to find),
+running_mean and running_var after k steps, Keras's momentum in PyTorch, why eval mode is worse after a short
+training."""
 
 from __future__ import annotations
 
@@ -14,16 +15,24 @@ from .inputs import batch_and_features, feature_batch, normal, uniform
 
 SHORT_TRAINING = 20  # mini-batches of training in ch04.q5's question
 
+# The update ch04.q1 asks the learner to debug: it runs, but two things are wrong.
+BUGGY_UPDATE = '''
+def update_draft(running_mean, running_var, x, momentum=0.1):
+    new_mean = momentum * running_mean + (1 - momentum) * x.mean(dim=0)
+    new_var = momentum * running_var + (1 - momentum) * x.var(dim=0, unbiased=False)
+    return new_mean, new_var'''.strip()
+
 
 class RunningStatsUpdate(FunctionExercise):
     """``update_running_stats(running_mean, running_var, x, momentum=0.1)`` -> (new running_mean, new running_var),
-    float32 tensors of shape (C,), the inputs left unchanged."""
+    float32 tensors of shape (C,), the inputs left unchanged: the learner debugs ``BUGGY_UPDATE`` (momentum on the
+    wrong term, the biased variance in running_var)."""
 
     mistakes = {
         "momentum on the wrong term and biased variance in running_var": (
-            "Two mistakes: momentum is on the wrong term, and running_var got the biased variance. PyTorch computes "
-            "running = (1 - momentum) * running + momentum * batch_statistic, and running_var stores the unbiased "
-            "batch variance (dividing by N - 1)."),
+            "Both bugs are still there: momentum is on the wrong term, and running_var got the biased variance. "
+            "Compare with the buffers of an nn.BatchNorm1d after one train-mode forward pass: what weight does the "
+            "new batch get, and which variance ends up in running_var?"),
         "momentum on the wrong term": "Momentum is on the wrong term: PyTorch computes running = (1 - momentum) * "
                                       "running + momentum * batch_statistic, so the new batch gets weight momentum "
                                       "(0.1 by default) and the old value 1 - momentum.",
@@ -159,10 +168,11 @@ class KerasMomentum(ValueExercise):
 
 EXERCISES = ExerciseSet("ch04", "Running statistics", [
     RunningStatsUpdate(
-        "ch04.q1", "the running-statistics update", "update_running_stats", points=3,
+        "ch04.q1", "debug the running-statistics update", "update_running_stats", points=3,
         hint="""
-running = (1 - momentum) * running + momentum * batch_statistic, per feature, over the batch (dim=0). The mean's
-batch statistic is x.mean(dim=0); the variance's is the *unbiased* x.var(dim=0, unbiased=True). Return new
+Make a BatchNorm1d(C, momentum=0.3), copy known values into its buffers, run one batch through it in train mode
+and compare its buffers with the draft's result. Which term does PyTorch weight by momentum, the old running
+value or the new batch statistic? And does running_var get the biased or the unbiased batch variance? Return new
 tensors: running_mean.mul_(...) would change the caller's tensor.""",
         solution='''
 def update_running_stats(running_mean, running_var, x, momentum=0.1):
