@@ -37,8 +37,14 @@ LECTURE_BAD_INIT = {
     "bn_test_acc": 97.82,
 }
 
-# ducha-aiki/caffenet-benchmark: ImageNet top-1 accuracy of CaffeNet-128.
-CAFFENET_PLACEMENT = {"BN before ReLU": 0.474, "BN after ReLU": 0.499}
+# ducha-aiki/caffenet-benchmark, batchnorm.md (tables "BN -- before or after ReLU?" and "BN and dropout"): ImageNet-2012
+# top-1 accuracy of CaffeNet-128 (CaffeNet with images resized to a short side of 128, fc6 and fc7 with 2048 units,
+# LSUV initialisation), one run per variant, no spread reported. The page notes that its BatchNorm results are
+# obtained without the scale-and-shift layer (y = kx + b) unless a row says "+ scale&bias layer": only those rows
+# match PyTorch's BatchNorm with affine=True (its default, learnable gamma and beta).
+CAFFENET_PLACEMENT = {"BN before ReLU": 0.478, "BN after ReLU": 0.493}  # with the scale-and-shift layer (affine=True)
+CAFFENET_PLACEMENT_NO_AFFINE = {"BN before ReLU": 0.474, "BN after ReLU": 0.499}  # without it (affine=False)
+# BatchNorm after ReLU, without the scale-and-shift layer; dropout in the fully connected layers fc6 and fc7.
 CAFFENET_DROPOUT = {"BN + dropout 0.5": 0.499, "BN + dropout 0.2": 0.527, "BN + dropout 0": 0.513}
 
 

@@ -9,8 +9,14 @@ In train mode every BatchNorm layer updates two buffers per channel after each f
 ``1 / num_batches_tracked`` instead, a plain (cumulative) average of all batch statistics so far. The start values
 (``running_mean = 0``, ``running_var = 1``) keep weight ``(1 - momentum)^k`` after ``k`` updates.
 
-The alternative is to compute the statistics exactly, once, after training: ``precise_bn`` ("precise BN",
-Wu & Johnson 2021; fvcore's ``update_bn_stats``; ``torch.optim.swa_utils.update_bn`` is a close relative).
+The alternative is to compute statistics for the fixed, trained weights once, after training. Two designs exist:
+
+* PreciseBN (Wu & Johnson 2021; fvcore's ``update_bn_stats``) and ``torch.optim.swa_utils.update_bn`` run the model
+  in *train mode* over many batches and average the per-batch means and unbiased variances with equal weights: the
+  statistics of each layer's input as training produced it, each layer normalised by the ones before it with the
+  batch's own statistics. That is their design, not an approximation.
+* ``precise_bn`` here computes the exact mean and population variance of each layer's input in *eval mode*, layer
+  by layer in forward order, so that afterwards every layer normalises the split exactly in eval mode.
 """
 
 from __future__ import annotations
