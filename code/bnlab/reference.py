@@ -1,15 +1,8 @@
-"""Numbers recorded elsewhere that the course compares its own runs against, and the rule for that comparison.
+"""Numbers recorded elsewhere that the course compares its own runs against.
 
-The numbers are not computed by the course; each says where it comes from. ``within_prediction_interval`` says
-whether one of them lies inside the spread of the course's own seeds.
+The numbers are not computed by the course; each says where it comes from. ``bnlab.stats.within_prediction_interval``
+says whether one of them lies inside the spread of the course's own seeds.
 """
-
-from __future__ import annotations
-
-import math
-import statistics
-
-from .stats import t_quantile
 
 # The lecture course's published L11 code (STAT 453, Spring 2021, L11/code/batchnorm.ipynb), torch 1.9, on its GPU:
 # 784-75-45-10, BatchNorm before ReLU, bias=False, SGD lr 0.1, batch 256, 50 epochs, seed 123. Accuracies after the
@@ -46,27 +39,3 @@ CAFFENET_PLACEMENT = {"BN before ReLU": 0.478, "BN after ReLU": 0.493}  # with t
 CAFFENET_PLACEMENT_NO_AFFINE = {"BN before ReLU": 0.474, "BN after ReLU": 0.499}  # without it (affine=False)
 # BatchNorm after ReLU, without the scale-and-shift layer; dropout in the fully connected layers fc6 and fc7.
 CAFFENET_DROPOUT = {"BN + dropout 0.5": 0.499, "BN + dropout 0.2": 0.527, "BN + dropout 0": 0.513}
-
-
-def prediction_interval(values, *, level: float = 0.95) -> tuple[float, float]:
-    """Where one more run would land with probability ``level``, from ``n >= 2`` runs' values, if runs vary
-    normally: ``mean -/+ t_{(1 + level) / 2, n - 1} * s * sqrt(1 + 1 / n)``, ``s`` the sample standard deviation.
-    Equal values give the single point ``(mean, mean)``."""
-    values = [float(v) for v in values]
-    if len(values) < 2 or not all(math.isfinite(v) for v in values):
-        raise ValueError(f"values must be at least 2 finite numbers (one per seed); got {values!r}.")
-    if not (isinstance(level, float) and 0.0 < level < 1.0):
-        raise ValueError(f"level must be a probability strictly between 0 and 1, e.g. 0.95; got {level!r}.")
-    n, mean, s = len(values), statistics.fmean(values), statistics.stdev(values)
-    half_width = t_quantile((1.0 + level) / 2.0, n - 1) * s * math.sqrt(1.0 + 1.0 / n) if s > 0 else 0.0
-    return mean - half_width, mean + half_width
-
-
-def within_prediction_interval(recorded: float, values, *, level: float = 0.95, decimals: int = 2) -> bool:
-    """Whether a number recorded elsewhere, rounded to ``decimals`` places, lies inside the ``level`` prediction
-    interval of our runs' ``values`` (``prediction_interval``), widened by half a unit of its last decimal."""
-    if isinstance(recorded, bool) or not isinstance(recorded, (int, float)) or not math.isfinite(recorded):
-        raise ValueError(f"recorded must be a finite number; got {recorded!r}.")
-    low, high = prediction_interval(values, level=level)
-    slack = 0.5 * 10.0**-decimals
-    return low - slack <= recorded <= high + slack
