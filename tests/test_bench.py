@@ -15,7 +15,7 @@ from bnlab.training import Engine
 
 TINY = bench.Sizes(
     peak_n=64, standard_steps=2, standard_warmup=1, rate_images=512, rate_epochs=1,
-    epochs=1, images=512, val_images=64, batch_size=256, repeats=1,
+    epochs=1, images=512, val_images=64, batch_size=256, repeats=1, seeds=2, seed_epochs=1,
 )
 
 
@@ -82,6 +82,15 @@ def test_rates_count_the_samples_they_time():
         assert rate.samples == 2 * 2 * 256 and rate.per_second > 0
 
 
+@pytest.mark.parametrize("how", ["one after another", "workers", "stacked"])
+def test_seeds_rates_count_every_seeds_samples(how):
+    data = bench.random_mnist(600, n_val=100, n_test=100)
+    rate = bench.seeds_rate(data, how=how, seeds=2, epochs=2, batch_size=128)
+    assert rate.samples == 2 * 2 * 4 * 128 and rate.per_second > 0  # drop_last: 600 // 128 = 4 steps an epoch
+    with pytest.raises(ValueError, match="how must be"):
+        bench.seeds_rate(data, how="sideways", seeds=2, epochs=1)
+
+
 def test_reference_run_times_training_alone_and_with_evaluation():
     run = bench.reference_run(epochs=2, images=600, val_images=100, batch_size=128)
     assert run.steps == 2 * 4 and run.samples == 2 * 4 * 128  # drop_last: 600 // 128 = 4 steps an epoch
@@ -90,8 +99,10 @@ def test_reference_run_times_training_alone_and_with_evaluation():
 
 CPU_ROWS = (
     "matmul peak", "FLOPs per training sample", "standard pipeline", "bnlab, plain loop", "bnlab, fused step",
+    "seeds one after another", "seeds in worker processes",
     "speed-up of the plain loop over the standard pipeline", "speed-up of the fused step over the standard pipeline",
-    "speed-up of the fused step over the plain loop", "training-loop FLOP/s", "reference run, training steps",
+    "speed-up of the fused step over the plain loop", "speed-up of seeds in worker processes", "training-loop FLOP/s",
+    "seeds in worker processes: time per seed / FLOP floor", "reference run, training steps",
     "reference run, with per-epoch evaluation", "reference run, FLOP floor", "reference run / FLOP floor",
     "standard pipeline, reference run",
 )
@@ -120,7 +131,7 @@ def test_a_new_rate_gets_its_row_and_every_ratio_is_paired_within_a_round(monkey
     def made_up(name):
         return lambda setup: bench.Rate(int(next(per_round[name])), 1.0)
 
-    rates = tuple(bench.RateRow(r.name, r.how, made_up(r.name), r.cuda_only) for r in bench.RATES)
+    rates = tuple(bench.RateRow(r.name, r.how, made_up(r.name), r.cuda_only) for r in bench.RATES if r.name in per_round)
     monkeypatch.setattr(bench, "RATES", (*rates, bench.RateRow("a new way", lambda s: "made up", made_up("a new way"))))
     monkeypatch.setitem(bench.RATIOS, "a new way / standard pipeline", ("a new way", "standard pipeline"))
     rows = bench.run_benchmark(sizes=bench.replace(TINY, repeats=2), device="cpu", data_root_path=tmp_path)

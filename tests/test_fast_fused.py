@@ -243,3 +243,28 @@ def test_no_choice_in_the_fused_step_depends_on_timing():
     source = inspect.getsource(fused)
     for clock in ("perf_counter", "time.time", "process_time", "monotonic"):
         assert clock not in source
+
+
+def test_plain_sgd_is_applied_directly_and_every_other_optimizer_through_its_step():
+    model = build_mlp()
+    params = list(model.parameters())
+    direct = {
+        "plain SGD": torch.optim.SGD(params, lr=0.1),
+        "momentum": torch.optim.SGD(params, lr=0.1, momentum=0.9),
+        "weight decay": torch.optim.SGD(params, lr=0.1, weight_decay=1e-4),
+        "foreach": torch.optim.SGD(params, lr=0.1, foreach=True),
+        "some parameters only": torch.optim.SGD(params[:2], lr=0.1),
+        "Adam": torch.optim.Adam(params),
+    }
+    assert {name: FusedStep(model, opt).direct_sgd for name, opt in direct.items()} == {
+        "plain SGD": True, "momentum": False, "weight decay": False, "foreach": False,
+        "some parameters only": False, "Adam": False,
+    }
+
+
+@pytest.mark.parametrize("make", [lambda p: torch.optim.Adam(p, lr=1e-3), lambda p: torch.optim.SGD(p, lr=0.05, foreach=True)],
+                         ids=["adam", "sgd-foreach"])
+def test_any_optimizer_gets_the_plain_steps_bits_through_its_own_step(make):
+    torch.manual_seed(0)
+    model = build_mlp(MLPConfig(dropout=0.2))
+    assert fused.check_exact(model, make(model.parameters()), *batch(64), steps=3) is None

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from bnlab.layers import batchnorm_layers, mode_flags, model_device, preserved_modes
+from bnlab.layers import batchnorm_layers, called_layers, mode_flags, model_device, preserved_modes
 from bnlab.models import build_mlp
 
 
@@ -54,3 +54,39 @@ def test_helpers_reject_what_is_not_a_module(helper):
         if hasattr(result, "__enter__"):
             with result:
                 pass
+
+
+class Residual(nn.Module):
+    """Conv -> BN -> ReLU, added to its input, then the same ReLU again: the order lives in forward()."""
+
+    def __init__(self):
+        super().__init__()
+        self.relu, self.bn, self.conv = nn.ReLU(), nn.BatchNorm2d(2), nn.Conv2d(2, 2, 3, padding=1)
+
+    def forward(self, x):
+        return self.relu(self.relu(self.bn(self.conv(x))) + x)
+
+
+def test_called_layers_follows_the_forward_pass_not_the_order_of_registration():
+    assert called_layers(Residual(), torch.randn(2, 2, 4, 4)) == ["Conv2d", "BatchNorm2d", "ReLU", "ReLU"]
+    mlp = build_mlp()
+    assert called_layers(mlp, torch.randn(3, 1, 28, 28)) == [
+        "Flatten", "Linear", "BatchNorm1d", "ReLU", "Linear", "BatchNorm1d", "ReLU", "Linear"
+    ]
+
+
+def test_called_layers_changes_neither_buffers_nor_modes():
+    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Dropout(0.5))
+    model[2].eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    assert called_layers(model, torch.randn(5, 3)) == ["Linear", "BatchNorm1d", "Dropout"]
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert mode_flags(model) == (True, True, True, False)
+    assert not model[1]._forward_hooks
+
+
+def test_called_layers_needs_a_module_and_an_input():
+    with pytest.raises(ValueError, match="model must be a torch.nn.Module"):
+        called_layers("mlp", torch.randn(2, 3))
+    with pytest.raises(ValueError, match="inputs is empty"):
+        called_layers(nn.Linear(3, 2))

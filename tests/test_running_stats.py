@@ -87,22 +87,6 @@ def test_synthetic_batches_reject_sizes_batchnorm_cannot_use(kwargs):
         running_stats.synthetic_batches(**kwargs)
 
 
-def test_plots_label_each_setting():
-    import matplotlib.pyplot as plt
-
-    fig = running_stats.trajectory_grid((0.5, 0.01), (8, 64), steps=20)
-    titles = [ax.get_title() for ax in fig.axes]
-    assert titles == ["momentum 0.5, batch size 8", "momentum 0.5, batch size 64",
-                      "momentum 0.01, batch size 8", "momentum 0.01, batch size 64"]
-    plt.close(fig)
-    fig = running_stats.running_mean_figure(momentum=0.1, batch_size=32, steps=20)
-    line = fig.axes[0].get_lines()[0]
-    assert torch.allclose(torch.tensor(line.get_ydata(), dtype=torch.float64),
-                          running_stats.running_mean_trajectory(momentum=0.1, batch_size=32, steps=20))
-    assert "44 updates" in fig.axes[0].get_title()  # 0.9^44 <= 1 % < 0.9^43
-    plt.close(fig)
-
-
 # --- BatchNorm layers in a model ---------------------------------------------------------------------------------
 
 

@@ -20,9 +20,11 @@ Modules, named for the ideas the chapters use:
 * ``explanations``: why BatchNorm helps: covariate shift and noise after BatchNorm, the loss landscape along the
   gradient, a learning-rate sweep (chapter "Why does BatchNorm help?"); ``scale_invariance``: a weight before
   BatchNorm, its gradient, its norm and the effective learning rate (same chapter).
-* ``plots`` and ``widgets``: figures and interactive explorers.
-* ``exercises`` and ``grade``: the graded exercises' checks, and ``python -m bnlab.grade`` for instructors.
-* ``notebooks``: running notebooks with nbclient without sleeping through a kernel's message (grader, book build).
+* ``plots``: every figure: curves, seed spreads, running statistics, and explorers, embedded in the page (Altair)
+  or live (ipywidgets).
+* ``exercises``: the graded exercises (the framework, the probe that runs an answer, one module per chapter).
+* ``grading``: ``python -m bnlab.grade`` for instructors: sandboxed kernels, reports, the Gradescope autograder,
+  and ``grading.kernels``, running notebooks without sleeping through a kernel's message (grader, book build).
 * ``bench``: ``python -m bnlab.bench``, how fast the plain loop and the fused step train against the standard
   DataLoader pipeline.
 * ``profiles``, ``reference``, ``book``: run sizes (``BNLAB_PROFILE``), the lecture's recorded numbers, glue.

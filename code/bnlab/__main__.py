@@ -1,6 +1,7 @@
-"""Command line: ``python -m bnlab train ...`` and ``python -m bnlab build-subset ...``.
+"""Command line: ``python -m bnlab train ...``, ``python -m bnlab build-mnist ...`` and
+``python -m bnlab build-subset ...``.
 
-Run ``python -m bnlab train --help`` for every option.
+Run ``python -m bnlab COMMAND --help`` for every option.
 """
 
 from __future__ import annotations
@@ -8,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .data import DataError, build_subset, load_mnist
+from .data import DataError, build_mnist, build_subset, load_mnist
 from .fast import FusedEngine, GraphEngine
 from .models import PLACEMENTS, MLPConfig
 from .training import Engine, TrainConfig, train_model
@@ -50,12 +51,27 @@ def parser() -> argparse.ArgumentParser:
                      "(bnlab.training's loop as written), cuda-graphs (the fused step replayed as a CUDA graph)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
 
+    full = commands.add_parser(
+        "build-mnist",
+        help="build the full MNIST offline from the official IDX files (results labelled 'MNIST')",
+        description="Build a torchvision-layout MNIST root (ROOT/MNIST/raw/) from the official IDX files: "
+        "train-images-idx3-ubyte.gz and train-labels-idx1-ubyte.gz (60,000 training images) and "
+        "t10k-images-idx3-ubyte.gz and t10k-labels-idx1-ubyte.gz (10,000 test images), gzipped or not. "
+        "Each file's uncompressed content is checked against the official MD5 first. "
+        "torchvision.datasets.MNIST(ROOT, download=True) then loads it and downloads nothing. "
+        "Results from it are labelled 'MNIST'. Use build-subset instead when only the test-set files exist.",
+    )
+    full.add_argument("--train-source", required=True, help="folder holding the two official train-*.gz files")
+    full.add_argument("--test-source", required=True, help="folder holding the two official t10k-*.gz files")
+    full.add_argument("--root", required=True, help="data folder to create (then set BNLAB_DATA to it)")
+
     subset = commands.add_parser(
         "build-subset",
-        help="build the offline MNIST-10k subset from the official test-set files",
+        help="build the offline MNIST-10k subset from the official test-set files alone (not the full MNIST)",
         description="Build a torchvision-layout MNIST root from t10k-images-idx3-ubyte.gz and "
         "t10k-labels-idx1-ubyte.gz (the official 10,000-image MNIST test set), re-split into train, "
-        "validation and test. Results from it are labelled 'MNIST-10k subset'.",
+        "validation and test. Results from it are labelled 'MNIST-10k subset'. Where the training-set files "
+        "exist too, build-mnist builds the full MNIST instead.",
     )
     subset.add_argument("--source", required=True, help="folder holding the two official t10k .gz files")
     subset.add_argument("--root", required=True, help="data folder to create (then set BNLAB_DATA to it)")
@@ -83,6 +99,9 @@ def main(argv: list[str] | None = None) -> int:
             _, history = train_model(model_config, data, train_config, device=args.device,
                                      progress=not args.no_progress, engine=ENGINES[args.engine]())
             print(history.table())
+        elif args.command == "build-mnist":
+            root = build_mnist(args.train_source, args.test_source, args.root)
+            print(f"built the full MNIST in {root}; use it with: export BNLAB_DATA={root}")
         else:
             root = build_subset(args.source, args.root, train=args.train, val=args.val, test=args.test)
             print(f"built the MNIST-10k subset in {root}; use it with: export BNLAB_DATA={root}")

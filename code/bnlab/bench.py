@@ -9,6 +9,9 @@ One run measures, on the same machine and the same number of threads:
   with that step replayed as a CUDA graph (``bnlab.fast.GraphEngine``); and the speed-ups between them;
 * the **matmul peak**: the FLOP/s of a large float32 matrix product on the same threads, and the fraction of it
   the training loop achieves, counting the FLOPs of its matmuls exactly (``training_flops``);
+* **seeds**: ``Sizes.seeds`` seeds trained one after another, in ``bnlab.experiments``' worker processes (CPU)
+  or stacked (``bnlab.fast.stacked``, CUDA), with the speed-up and a seed's share of the time against its FLOP
+  floor;
 * the **lecture's reference run**: 50 epochs of 60,000 images at batch 256 (``drop_last``: 234 steps an epoch)
   with ``bnlab.fast.default_engine()``, the training steps alone and all of ``bnlab.training.train`` (with its
   per-epoch evaluation of the training and validation splits, as the lecture's run reports them), and its FLOP
@@ -29,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import os
 import platform
 import sys
@@ -43,11 +47,14 @@ from torchvision import transforms
 from torchvision.datasets import MNIST
 from torchvision.datasets.vision import VisionDataset
 
+from . import _workers
 from .data import DATA_ENV, Dataset, Split, data_root, read_subset_marker, to_float
+from .experiments import seed_workers
 from .fast import FusedEngine, GraphEngine, default_engine
-from .models import build_mlp
+from .fast.stacked import train_stacked
+from .models import MLPConfig, build_mlp
 from .stats import Spread
-from .training import Engine, TrainConfig, epoch_order, pick_device, to_device, train, train_epoch
+from .training import Engine, TrainConfig, epoch_order, pick_device, to_device, train, train_epoch, train_model
 
 LECTURE_SIZES = (784, 75, 45, 10)
 RANDOM_DATA = "random MNIST-shaped data"
@@ -271,6 +278,48 @@ def reference_run(
     return ReferenceRun(epochs, images, val_images, batch_size, train_seconds, history.seconds)
 
 
+def train_seed(task: tuple[int, int, int], data: Dataset) -> None:
+    """Train the lecture's MLP for one seed, as ``bnlab.experiments`` does (what a worker process runs)."""
+    seed, epochs, batch_size = task
+    train_model(MLPConfig(), data, TrainConfig(epochs=epochs, batch_size=batch_size, seed=seed), device="cpu",
+                progress=False, engine=default_engine())
+
+
+def seeds_rate(data: Dataset, *, how: str, seeds: int = 5, epochs: int = 3, batch_size: int = 256,
+               device="cpu") -> Rate:
+    """Samples/s, all seeds together, of training ``seeds`` seeds of the lecture's MLP with per-epoch validation:
+    ``how="one after another"`` in this process with all its threads; ``"workers"`` in worker processes with the
+    threads divided between them, as ``bnlab.experiments.run_seeds`` runs them (their start is not timed);
+    ``"stacked"`` as one stacked model (``bnlab.fast.stacked``)."""
+    device = torch.device(device)
+    samples = seeds * epochs * (len(data.train) // batch_size) * batch_size
+    tasks = [(seed, epochs, batch_size) for seed in range(seeds)]
+    if how == "workers":
+        workers = seed_workers(None, "cpu")
+        pool = _workers.start(data, workers, max(1, torch.get_num_threads() // workers)) if workers > 1 else None
+        if pool is None:
+            return seeds_rate(data, how="one after another", seeds=seeds, epochs=epochs, batch_size=batch_size)
+        try:
+            start = time.perf_counter()
+            for future in [pool.submit(_workers.call_with_data, train_seed, task) for task in tasks]:
+                future.result()
+            return Rate(samples, time.perf_counter() - start)
+        finally:
+            _workers.stop(pool)
+    start = time.perf_counter()
+    if how == "stacked":
+        train_stacked(MLPConfig(), data, TrainConfig(epochs=epochs, batch_size=batch_size), range(seeds), device=device,
+                      progress=False)
+    elif how == "one after another":
+        for seed, *_ in tasks:
+            train_model(MLPConfig(), data, TrainConfig(epochs=epochs, batch_size=batch_size, seed=seed),
+                        device=device, progress=False, engine=default_engine())
+    else:
+        raise ValueError(f"how must be 'one after another', 'workers' or 'stacked'; got {how!r}.")
+    synchronize(device)
+    return Rate(samples, time.perf_counter() - start)
+
+
 # --- the table ---------------------------------------------------------------------------------------------------
 
 
@@ -288,11 +337,13 @@ class Sizes:
     val_images: int = 6_000
     batch_size: int = 256
     repeats: int = 3  # every timing is taken this often and the fastest kept: other work only ever adds time
+    seeds: int = 5  # seeds trained together or one after another
+    seed_epochs: int = 3  # epochs per seed there
 
     @classmethod
     def quick(cls) -> "Sizes":
         return cls(peak_n=256, standard_steps=4, standard_warmup=1, rate_images=1_024, rate_epochs=1,
-                   epochs=2, images=1_024, val_images=256, repeats=1)
+                   epochs=2, images=1_024, val_images=256, repeats=1, seeds=2, seed_epochs=1)
 
 
 @dataclass(frozen=True)
@@ -306,16 +357,21 @@ class Setup:
     dataset_description: str
     data: Dataset
 
+    @functools.cached_property
+    def seeds_data(self) -> Dataset:
+        return random_mnist(self.sizes.rate_images, n_val=self.sizes.val_images, n_test=self.sizes.batch_size)
+
 
 @dataclass(frozen=True)
 class RateRow:
     """One samples/s row: its name, how it is measured (the table's note) and the measurement. ``cuda_only``
-    rows are left out on other devices."""
+    rows are left out on other devices, ``cpu_only`` rows on a GPU."""
 
     name: str
     how: Callable[[Setup], str]
     measure: Callable[[Setup], Rate]
     cuda_only: bool = False
+    cpu_only: bool = False
 
 
 def _loop(engine: Engine) -> Callable[[Setup], Rate]:
@@ -339,11 +395,38 @@ RATES = (
             _loop(GraphEngine()), cuda_only=True),
 )
 
+
+def _seeds(how: str) -> Callable[[Setup], Rate]:
+    return lambda s: seeds_rate(s.seeds_data, how=how, seeds=s.sizes.seeds, epochs=s.sizes.seed_epochs,
+                                batch_size=s.sizes.batch_size, device=s.device)
+
+
+def _seeds_how(where: Callable[[], str]) -> Callable[[Setup], str]:
+    return lambda s: (f"{s.sizes.seeds} seeds x {s.sizes.seed_epochs} epochs x {len(s.seeds_data.train):,} images, "
+                      f"validation on {len(s.seeds_data.val):,} every epoch, {where()}; all seeds together")
+
+
+def _workers_and_threads() -> str:
+    workers = seed_workers(None, "cpu")
+    return (f"as run_seeds runs them: {workers} process(es) x {max(1, torch.get_num_threads() // workers)} "
+            "thread(s) (starting the processes not timed)")
+
+
+RATES += (
+    RateRow("seeds one after another", _seeds_how(lambda: f"in this process, {torch.get_num_threads()} thread(s)"),
+            _seeds("one after another")),
+    RateRow("seeds in worker processes", _seeds_how(_workers_and_threads), _seeds("workers"), cpu_only=True),
+    RateRow("seeds stacked", _seeds_how(lambda: "as one stacked model (bnlab.fast.stacked)"), _seeds("stacked"),
+            cuda_only=True),
+)
+
 RATIOS = {  # ratio row -> (numerator rate, denominator rate), each taken within one round
     "speed-up of the plain loop over the standard pipeline": ("bnlab, plain loop", "standard pipeline"),
     "speed-up of the fused step over the standard pipeline": ("bnlab, fused step", "standard pipeline"),
     "speed-up of the fused step over the plain loop": ("bnlab, fused step", "bnlab, plain loop"),
     "speed-up of the CUDA graph over the fused step": ("bnlab, fused step in a CUDA graph", "bnlab, fused step"),
+    "speed-up of seeds in worker processes": ("seeds in worker processes", "seeds one after another"),
+    "speed-up of seeds stacked": ("seeds stacked", "seeds one after another"),
 }
 
 
@@ -387,7 +470,8 @@ def run_benchmark(*, sizes: Sizes = Sizes(), device="cpu", data_root_path=None, 
 
     # The host's speed drifts (other work shares it), so every ratio is taken between measurements made back to
     # back, once per round, and reported as the median of the rounds with its range.
-    rates = [r for r in RATES if device.type == "cuda" or not r.cuda_only]
+    on_cuda = device.type == "cuda"
+    rates = [r for r in RATES if not (r.cuda_only and not on_cuda) and not (r.cpu_only and on_cuda)]
     dataset, description = standard_dataset(data_root_path, size=max(sizes.rate_images, batch))
     setup = Setup(sizes, device, dataset, description, random_mnist(sizes.rate_images))
     say(f"timing {', '.join(r.name for r in rates)} in turn, {sizes.repeats} rounds ...")
@@ -402,6 +486,11 @@ def run_benchmark(*, sizes: Sizes = Sizes(), device="cpu", data_root_path=None, 
     achieved = fastest["bnlab, fused step"].per_second * flops.total
     rows.append(Row("training-loop FLOP/s", f"{achieved / 1e9:,.1f} GFLOP/s",
                     f"{achieved / peak:.0%} of the matmul peak (bnlab, fused step)"))
+    parallel = "seeds in worker processes" if device.type != "cuda" else "seeds stacked"
+    if parallel in fastest:
+        to_peak = peak / (fastest[parallel].per_second * flops.total)
+        rows.append(Row(f"{parallel}: time per seed / FLOP floor", f"{to_peak:,.2f}x", "a seed's share of the wall "
+                        "time (with its validation) against its training FLOPs at the matmul peak"))
 
     say(f"timing the reference run ({sizes.epochs} epochs x {sizes.images:,} images), {2 * sizes.repeats} times, "
         "each after the matmul peak ...")

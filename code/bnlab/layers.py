@@ -3,7 +3,8 @@
 ``model.train()`` and ``model.eval()`` set the ``training`` flag of the model *and of every submodule*, so a model
 whose BatchNorm layers alone are in eval mode (frozen for fine-tuning) is not described by ``model.training``
 alone. Code that switches a model's mode for a while saves every module's flag and restores each one:
-``preserved_modes``.
+``preserved_modes``. ``called_layers`` lists the layers one forward pass runs, in the order it runs them (where a
+block puts BatchNorm is an order of calls, which printing the block does not always show).
 """
 
 from __future__ import annotations
@@ -54,3 +55,27 @@ def preserved_modes(model: nn.Module):
     finally:
         for module, flag in flags:
             module.training = flag
+
+
+@torch.no_grad()
+def called_layers(model: nn.Module, *inputs) -> list[str]:
+    """The class names of ``model``'s innermost modules (those without submodules) in the order one forward pass
+    on ``inputs`` calls them; a module called twice (a ReLU reused in a residual block) appears twice.
+
+    The pass runs in eval mode without gradients, so no BatchNorm buffer changes; every module's mode is restored.
+    Operations that are not modules (``x + identity``, ``torch.flatten``) do not appear.
+    """
+    check_module(model)
+    if not inputs:
+        raise ValueError("inputs is empty: give the input(s) of one forward pass, e.g. torch.randn(2, 784).")
+    calls: list[str] = []
+    leaves = [module for module in model.modules() if next(module.children(), None) is None]
+    handles = [leaf.register_forward_hook(lambda module, args, output: calls.append(type(module).__name__))
+               for leaf in leaves]
+    try:
+        with preserved_modes(model):
+            model.eval()(*inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return calls

@@ -9,8 +9,14 @@ In train mode every BatchNorm layer updates two buffers per channel after each f
 ``1 / num_batches_tracked`` instead, a plain (cumulative) average of all batch statistics so far. The start values
 (``running_mean = 0``, ``running_var = 1``) keep weight ``(1 - momentum)^k`` after ``k`` updates.
 
-The alternative is to compute the statistics exactly, once, after training: ``precise_bn`` ("precise BN",
-Wu & Johnson 2021; fvcore's ``update_bn_stats``; ``torch.optim.swa_utils.update_bn`` is a close relative).
+The alternative is to compute statistics for the fixed, trained weights once, after training. Two designs exist:
+
+* PreciseBN (Wu & Johnson 2021; fvcore's ``update_bn_stats``) and ``torch.optim.swa_utils.update_bn`` run the model
+  in *train mode* over many batches and average the per-batch means and unbiased variances with equal weights: the
+  statistics of each layer's input as training produced it, each layer normalised by the ones before it with the
+  batch's own statistics. That is their design, not an approximation.
+* ``precise_bn`` here computes the exact mean and population variance of each layer's input in *eval mode*, layer
+  by layer in forward order, so that afterwards every layer normalises the split exactly in eval mode.
 """
 
 from __future__ import annotations
@@ -121,83 +127,6 @@ def ema_noise(momentum: float, batch_size: int, *, true_std: float = 1.0) -> flo
     if not (isinstance(batch_size, int) and batch_size > 0):
         raise ValueError(f"batch_size must be a positive integer; got {batch_size!r}.")
     return true_std / math.sqrt(batch_size) * math.sqrt(momentum / (2 - momentum))
-
-
-def plot_running_mean(
-    *,
-    momentum: float | None = 0.1,
-    batch_size: int = 64,
-    steps: int = 300,
-    true_mean: float = 2.0,
-    true_std: float = 1.0,
-    seed: int = 0,
-    ax=None,
-):
-    """One setting: ``running_mean`` of a ``BatchNorm1d`` step by step (``running_mean_trajectory``), its
-    expected value (``expected_running_mean``) and the true mean. Returns the axes."""
-    import matplotlib.pyplot as plt
-
-    ax = ax or plt.subplots(figsize=(6, 3.5))[1]
-    path = running_mean_trajectory(
-        momentum=momentum, batch_size=batch_size, steps=steps, true_mean=true_mean, true_std=true_std, seed=seed
-    )
-    ax.plot(path.numpy(), color="tab:blue", linewidth=1.2, label="running_mean")
-    ax.plot(expected_running_mean(momentum, steps, true_mean=true_mean).numpy(), color="tab:orange",
-            linestyle=":", linewidth=1.5, label="expected value")
-    ax.axhline(true_mean, color="black", linestyle="--", linewidth=1, label="true mean")
-    name = "None (cumulative)" if momentum is None else f"{momentum:g}"
-    ax.set_title(f"momentum {name}, batch size {batch_size}", fontsize=10)
-    ax.set_xlabel("update (training step)")
-    ax.set_ylabel("running_mean")
-    ax.set_ylim(-0.1 * abs(true_mean) - 0.05, 1.5 * abs(true_mean) + 0.05)
-    ax.grid(alpha=0.3)
-    return ax
-
-
-def running_mean_figure(*, momentum: float | None = 0.1, batch_size: int = 64, steps: int = 300, seed: int = 0):
-    """``plot_running_mean`` for one setting as a figure of its own, with a legend (what the explorer draws)."""
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 3.6))
-    plot_running_mean(momentum=momentum, batch_size=batch_size, steps=steps, seed=seed, ax=ax)
-    if momentum is not None:
-        ax.set_title(f"momentum {momentum:.3g}, batch size {batch_size}: the start value weighs at most 1 % after "
-                     f"{steps_to_forget(momentum)} updates; then the noise is ±{ema_noise(momentum, batch_size):.3f}",
-                     fontsize=10)
-    ax.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
-    return fig
-
-
-def trajectory_grid(
-    momenta=(0.5, 0.1, 0.01),
-    batch_sizes=(8, 64, 512),
-    *,
-    steps: int = 300,
-    true_mean: float = 2.0,
-    true_std: float = 1.0,
-    seed: int = 0,
-):
-    """``plot_running_mean`` for every momentum (rows) and batch size (columns). Returns the figure."""
-    import matplotlib.pyplot as plt
-
-    momenta, batch_sizes = tuple(momenta), tuple(batch_sizes)
-    if not momenta or not batch_sizes:
-        raise ValueError("momenta and batch_sizes must each hold at least one value.")
-    fig, axes = plt.subplots(len(momenta), len(batch_sizes), figsize=(3.6 * len(batch_sizes), 2.6 * len(momenta)),
-                             sharex=True, sharey=True, squeeze=False)
-    for row, momentum in enumerate(momenta):
-        for column, batch_size in enumerate(batch_sizes):
-            ax = plot_running_mean(momentum=momentum, batch_size=batch_size, steps=steps, true_mean=true_mean,
-                                   true_std=true_std, seed=seed, ax=axes[row][column])
-            if row < len(momenta) - 1:
-                ax.set_xlabel("")
-            if column > 0:
-                ax.set_ylabel("")
-    axes[0][0].legend(fontsize=8, loc="lower right")
-    fig.suptitle(f"running_mean of BatchNorm1d, start value 0, data N({true_mean:g}, {true_std:g}²)")
-    fig.tight_layout()
-    return fig
 
 
 # --- BatchNorm layers in a model ---------------------------------------------------------------------------------

@@ -2,25 +2,31 @@
 
 ``FusedStep`` runs forward, cross-entropy and backward of an MLP made of ``Flatten``, ``Linear``, ``BatchNorm1d``,
 ``ReLU``, ``Dropout`` and ``Identity`` (every model ``bnlab.models.build_mlp`` builds) by calling the ATen kernels
-autograd would call, in the same order and on the same arguments, stores the gradients in ``param.grad`` and calls
-the optimizer's own ``step()``. It skips what autograd spends on recording and walking the graph, which for a model
-this small is a large part of a step (``python -m bnlab.bench`` measures how much).
+autograd would call, in the same order and on the same arguments, stores the gradients in ``param.grad`` and
+updates the parameters as the optimizer's own ``step()`` does (for plain SGD on the CPU it runs that step's one
+line per parameter itself; for anything else it calls ``optimizer.step()``). It skips what autograd spends on
+recording and walking the graph, which for a model this small is a large part of a step (``python -m bnlab.bench``
+measures how much).
 
-Why it may be the default (``FusedEngine``, which ``bnlab.fast.default_engine`` returns on every device):
+**Decision: it stays the default where speed matters, on every device.** ``bnlab.fast.default_engine()`` returns
+``FusedEngine()``; the command line and the benchmark use it, and so should any caller that trains many runs.
+``bnlab.training.train``'s own default stays the plain step, so that the training module is the plain loop and
+imports nothing from here. The fused step may be a default because it meets two rules:
 
-* **It computes the same bits as ``PlainStep`` or it does not run.** It calls private ATen ops
+* **It computes the same bits as ``PlainStep``, or it does not run.** It calls private ATen ops
   (``native_batch_norm_backward``, ``nll_loss_forward``, ...) that carry no compatibility promise, so before its
   first step in a process for each model shape, batch shape and set of mode flags, it trains two twin copies of
   the model for two steps on the real batch, one with itself and one with ``PlainStep``, from the same random
   state, and compares the loss, every parameter, gradient and buffer and the optimizer's state bit for bit. On any
   difference, or an op missing from this PyTorch, it warns once and the run uses ``PlainStep``. The check runs
   on copies and restores the random generators, so it changes nothing about the run.
-* **Nothing depends on timing.** There is no choice between code paths by speed: the kernels are autograd's.
-  (Earlier versions swapped a product's operands or ran the loss down the columns where a timing said it was
-  faster; those are gone, because they were not bitwise the plain loop's for every batch size.)
-* Any other model (a CNN, a layer with a hook or a replaced ``forward``, a parameter frozen with
-  ``requires_grad=False``, a dtype other than float32, a module used twice) gets ``PlainStep``, without a warning:
-  ``unsupported_reason(model)`` says why.
+* **Nothing depends on timing.** No code path is chosen by speed: the kernels are autograd's, whatever the
+  machine's load. (Earlier versions swapped a product's operands or ran the loss down the columns where a timing
+  said it was faster; those are gone, because they were not bitwise the plain loop's for every batch size.)
+
+Any other model (a CNN, a layer with a hook or a replaced ``forward``, a parameter frozen with
+``requires_grad=False``, a dtype other than float32, a module used twice) gets ``PlainStep``, without a warning:
+``unsupported_reason(model)`` says why.
 """
 
 from __future__ import annotations
@@ -249,6 +255,7 @@ class FusedStep:
             self.layers.append(layer)
         if self.first_trained is None:
             self.first_trained = len(self.layers)
+        self.direct_sgd = _updates_one_tensor_at_a_time(optimizer, self.params)
         self.checked: set = set()  # (batch shape, mode flags) this step has been checked for
         self.fallback: PlainStep | None = None
         self._one = None
@@ -282,8 +289,32 @@ class FusedStep:
             g = self.layers[i].backward(g, saved[i], grads)
         for p, grad in zip(self.params, grads):
             p.grad = grad
-        self.optimizer.step()
+        if self.direct_sgd:  # what torch.optim.SGD.step() runs here, without its per-call bookkeeping
+            lr = self.optimizer.param_groups[0]["lr"]
+            for p, grad in zip(self.params, grads):
+                p.add_(grad, alpha=-lr)
+        else:
+            self.optimizer.step()
         return loss
+
+
+def _updates_one_tensor_at_a_time(optimizer: torch.optim.Optimizer, params: list[torch.Tensor]) -> bool:
+    """Whether ``optimizer.step()`` is plain SGD over exactly ``params``, run one tensor at a time: then it is
+    ``param.add_(grad, alpha=-lr)`` for each parameter (``torch.optim.sgd._single_tensor_sgd`` with momentum and
+    weight decay 0), which ``FusedStep`` runs itself, saving the step's bookkeeping (about a tenth of a CPU step
+    for the lecture's MLP). ``check_exact`` compares the result with ``optimizer.step()``'s, as for the rest."""
+    if type(optimizer) is not torch.optim.SGD or len(optimizer.param_groups) != 1:
+        return False
+    group = optimizer.param_groups[0]
+    one_at_a_time = group["foreach"] is False or (group["foreach"] is None and all(p.device.type == "cpu" for p in params))
+    return (
+        one_at_a_time
+        and not group.get("fused")
+        and group["momentum"] == 0
+        and group["weight_decay"] == 0
+        and not group["maximize"]
+        and [id(p) for p in group["params"]] == [id(p) for p in params]
+    )
 
 
 # --- the exactness check -----------------------------------------------------------------------------------------
