@@ -50,6 +50,7 @@ CHAPTERS = [
     "chapters/03_bias_redundancy",
     "chapters/04_running_statistics",
     "chapters/05_eval_mode",
+    "chapters/07_why_batchnorm_helps",
 ]
 CITATION_KEYS = {
     "ioffe2015batch",
@@ -106,7 +107,7 @@ def test_repository_settings_name_a_github_repository_on_main():
     assert CONFIG["launch_buttons"]["colab_url"] == "https://colab.research.google.com"
 
 
-def test_toc_has_the_intro_the_five_chapters_the_exercises_and_references():
+def test_toc_has_the_intro_the_chapters_the_exercises_and_references():
     pages = toc_pages()
     assert pages[0] == "intro"
     assert [p for p in pages if p in CHAPTERS] == CHAPTERS
@@ -636,7 +637,7 @@ def test_math_renders_somewhere_in_the_book(browser):
 # --- interactive figures -------------------------------------------------------------------------------------------
 
 # The chapters' interactive figures (at least this many per page; other pages may have them too).
-EXPLORERS = {"chapters/02_placement": 1, "chapters/04_running_statistics": 1}
+EXPLORERS = {"chapters/02_placement": 1, "chapters/04_running_statistics": 1, "chapters/07_why_batchnorm_helps": 1}
 VEGA_SCRIPTS = ("_static/vega/vega.min.js", "_static/vega/vega-lite.min.js", "_static/vega/vega-embed.min.js")
 
 

@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -206,5 +208,7 @@ def test_lr_sweep_records_a_diverging_run_instead_of_raising_and_a_slow_one_as_n
     assert all(r["diverged"] for r in records if r["lr"] == 1e4)
     assert not any(r["diverged"] for r in records if r["lr"] < 1)  # 1e-4 learns slowly, but it does not diverge
     assert all(0 <= r["test_acc"] <= 100 and r["dataset"] == small_data.name for r in records)
+    assert all(len(r["epoch_loss"]) == len(r["epoch_val_acc"]) == 1 for r in records)  # one epoch: its curves
+    assert all(r["epoch_loss"][-1] == r["final_loss"] for r in records if math.isfinite(r["final_loss"]))
     with pytest.raises(ValueError, match="lrs"):
         ex.lr_sweep({"x": MLPConfig()}, (0.1, -1.0), TrainConfig(epochs=1), small_data, (1,), cache=tmp_path)

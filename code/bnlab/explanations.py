@@ -403,7 +403,8 @@ def lr_sweep(
     """Train every variant at every learning rate with every seed, as cached runs (``bnlab.experiments.run_many``,
     which gets ``workers`` and ``run_options``; with one worker, the runs train in this process: worker processes
     would start anew for every learning rate). A diverging run is recorded, not raised.
-    Records: ``variant``, ``lr``, ``seed``, ``test_acc``, ``start_loss``, ``final_loss``, ``diverged``, ``dataset``."""
+    Records: ``variant``, ``lr``, ``seed``, ``test_acc``, ``start_loss``, ``final_loss``, ``diverged``, ``dataset``,
+    and the run's curves, one entry per epoch: ``epoch_loss`` (training loss) and ``epoch_val_acc``."""
     lrs, seeds = tuple(lrs), tuple(seeds)
     if not lrs or any(not (is_finite_number(lr) and lr > 0) for lr in lrs):
         raise ValueError(f"lrs must be one or more finite positive numbers; got {lrs!r}.")
@@ -425,5 +426,6 @@ def lr_sweep(
                     "variant": label, "lr": float(lr), "seed": seed, "test_acc": history.test_acc,
                     "start_loss": start[label, seed], "final_loss": loss,
                     "diverged": diverged(loss, start[label, seed]), "dataset": history.dataset,
+                    "epoch_loss": tuple(history.column("loss")), "epoch_val_acc": tuple(history.column("val_acc")),
                 })
     return sorted(records, key=lambda r: (list(variants).index(r["variant"]), r["lr"], seeds.index(r["seed"])))

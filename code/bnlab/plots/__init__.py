@@ -9,6 +9,7 @@ modules draw it, each named for what it draws:
 * ``seed_spread``: every seed's result as a dot, with each variant's mean and spread (``plot_seed_spread``).
 * ``placement``: chapter 2's runs by BatchNorm placement, dropout and seed: every run at once, and explorers.
 * ``running_mean``: chapter 4's running mean of a ``BatchNorm1d`` step by step, one setting or a grid, and explorers.
+* ``lr_sweep``: the learning-rate sweep of "Why does BatchNorm help?", epoch by epoch and seed by seed, as an explorer.
 * ``interactive``: interactive figures embedded in the page (Vega-Lite through Altair): ``explorer(records, ...)``
   turns tidy records into a chart whose controls filter the data in the reader's browser, with no kernel;
   ``embedding`` writes the HTML output that carries one into a notebook and into the book.
