@@ -245,14 +245,19 @@ def test_widget_chapter_runs_end_to_end_in_a_colab_like_environment(chapter, col
 
 # --- the interactive figures in a Colab-like environment -------------------------------------------------------------
 
-EXPLORER_CHAPTERS = {"02_placement": "placement_explorer(runs)", "04_running_statistics": "momentum_explorer()"}
+EXPLORER_CHAPTERS = {"02_placement": "placement_explorer(runs)", "04_running_statistics": "momentum_explorer()",
+                     "07_why_batchnorm_helps": "lr_sweep_explorer(sweep"}
 
-# What chapter 2's explorer cell needs: runs shaped like run_variants' (two variants, three seeds, a few epochs).
+# What the explorer cells need: for chapter 2, runs shaped like run_variants' (two variants, three seeds, a few
+# epochs); for chapter 7, a sweep shaped like explanations.lr_sweep's, its colours, seeds and data set.
 EXPLORER_PRELUDE = """\
+from types import SimpleNamespace
+
 import altair
 from bnlab.experiments import SeedRuns
 from bnlab.models import MLPConfig
 from bnlab.plots import running_mean
+from bnlab.plots.lr_sweep import lr_sweep_explorer
 from bnlab.plots.placement import placement_explorer
 from bnlab.training import EpochStats, History
 
@@ -262,6 +267,10 @@ def history(seed, shift):
 
 runs = {p: SeedRuns(p, MLPConfig(placement=p), (1, 2, 3), tuple(history(s, i) for s in (1, 2, 3)))
         for i, p in enumerate(("before", "after"))}
+sweep = [{"variant": v, "lr": lr, "seed": s, "epoch_loss": (2.0, 1.0 / lr), "epoch_val_acc": (50.0 + s, 60.0 + s)}
+         for v in ("without BatchNorm", "BatchNorm") for lr in (0.1, 1.0, 10.0) for s in (1, 2, 3)]
+COLORS = {"without BatchNorm": "tab:red", "BatchNorm": "tab:blue"}
+seeds, data = (1, 2, 3), SimpleNamespace(name="MNIST-10k subset")
 print("ALTAIR " + altair.__version__)
 """
 

@@ -81,7 +81,7 @@ class Sizes:
 
 
 SIZES = {
-    "full": Sizes(steps=600, probe_size=512, sweep_epochs=3, probes=12),
+    "full": Sizes(steps=600, probe_size=256, sweep_epochs=3, probes=12),
     "ci": Sizes(steps=60, probe_size=256, sweep_epochs=2, probes=6),
 }
 
