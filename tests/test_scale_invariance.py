@@ -29,6 +29,12 @@ def split(small_data) -> Split:
     return small_data.train
 
 
+def test_effective_learning_rate_divides_by_the_mean_squared_row_length_and_quarters_when_the_weight_doubles():
+    weight = torch.tensor([[3.0, 4.0], [0.0, 1.0], [1.0, 0.0]])  # squared row lengths 25, 1, 1: mean 9
+    assert si.effective_learning_rate(weight, 0.9) == pytest.approx(0.1)
+    assert si.effective_learning_rate(2 * weight, 0.9) == pytest.approx(0.1 / 4)
+
+
 @pytest.mark.parametrize("factor", [0.5, 2.0, 10.0])
 def test_scaling_a_weight_before_batchnorm_keeps_the_output_and_divides_the_gradient(split, factor):
     model = ex.build_variant("BatchNorm", 5)

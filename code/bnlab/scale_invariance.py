@@ -36,6 +36,12 @@ def hidden_linears(model: nn.Sequential) -> list[nn.Linear]:
     return [m for m, nxt in zip(layers, layers[1:]) if isinstance(m, nn.Linear) and isinstance(nxt, nn.BatchNorm1d)]
 
 
+def effective_learning_rate(weight: torch.Tensor, lr: float) -> float:
+    """``lr`` over the mean, over the units (the rows of ``weight``), of each unit's squared weight length
+    ``|w_j|^2``: how fast one step turns the units' directions, up to the gradients' own sizes."""
+    return lr / (weight.detach().double() ** 2).sum(1).mean().item()
+
+
 @dataclass(frozen=True)
 class ScaleCheck:
     """What scaling one weight matrix before BatchNorm by ``factor`` does, on one batch in train mode."""
@@ -100,10 +106,9 @@ def norm_run(
 
     def record(step, predicted):
         for i, w in enumerate(weights):
-            rows_sq = (w.detach() ** 2).sum(1)
             records.append({
-                "step": step, "layer": i + 1, "weight_norm": rows_sq.sum().sqrt().item(),
-                "effective_lr": lr / rows_sq.mean().item(), "predicted_norm": predicted[i],
+                "step": step, "layer": i + 1, "weight_norm": w.detach().norm().item(),
+                "effective_lr": effective_learning_rate(w, lr), "predicted_norm": predicted[i],
             })
 
     records: list[dict] = []

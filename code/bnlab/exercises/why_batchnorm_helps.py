@@ -157,16 +157,14 @@ class EffectiveLearningRate(FunctionExercise):
         lr = float(uniform(generator, 0.01, 1.0, 1))
         return Case({"weight": normal(generator, n_out, n_in) * scale, "lr": lr})
 
-    @staticmethod
-    def rows_sq(case):
-        return (case.args["weight"].double() ** 2).sum(1)
-
     def expected(self, case):
-        return case.args["lr"] / self.rows_sq(case).mean().item()
+        from bnlab.scale_invariance import effective_learning_rate  # the checking side only
+
+        return effective_learning_rate(case.args["weight"], case.args["lr"])
 
     def variants(self, case):
         w, lr = case.args["weight"].double(), case.args["lr"]
-        rows_sq = self.rows_sq(case)
+        rows_sq = (w**2).sum(1)
         return {
             "whole matrix norm": lr / rows_sq.sum().item(),
             "columns": lr / (w**2).sum(0).mean().item(),
