@@ -1,30 +1,35 @@
+import dataclasses
 import json
-import math
-import statistics
+import warnings
 
 import matplotlib
 
 matplotlib.use("Agg")
 
 import pytest
+import torch
 from matplotlib.collections import PathCollection
 from matplotlib.colors import to_rgb
 
-from bnlab import experiments
+from bnlab import _workers, experiments
 from bnlab.data import Dataset, load_mnist
 from bnlab.experiments import (
-    Spread,
+    RunComparison,
     SeedRuns,
-    compare,
+    compare_runs,
+    comparisons_table,
     plot_seed_spread,
     results_table,
     run,
     run_key,
     run_seeds,
+    run_seeds_with_models,
     run_variants,
-    comparisons_table,
+    run_with_model,
+    seed_workers,
 )
 from bnlab.models import MLPConfig
+from bnlab.stats import compare
 from bnlab.training import EpochStats, History, TrainConfig
 
 SHORT = TrainConfig(epochs=1, batch_size=200)
@@ -40,7 +45,7 @@ def fake_history(dataset="MNIST-10k subset", losses=(1.0, 0.5), test_acc=90.0) -
 
 
 class CountingTrainer:
-    """Stands in for ``train_mlp``: records each call and returns a History that tells the calls apart."""
+    """Stands in for ``train_model``: records each call and returns a History that tells the calls apart."""
 
     def __init__(self):
         self.calls = []
@@ -52,8 +57,10 @@ class CountingTrainer:
 
 @pytest.fixture
 def trainer(monkeypatch):
+    """A stand-in trainer; seeds run in this process (workers would train for real)."""
     counting = CountingTrainer()
-    monkeypatch.setattr(experiments, "train_mlp", counting)
+    monkeypatch.setattr(experiments, "train_model", counting)
+    monkeypatch.setenv("BNLAB_WORKERS", "1")
     return counting
 
 
@@ -64,13 +71,14 @@ def cache_files(cache):
 # --- the cache ------------------------------------------------------------------------------------------------------
 
 
+def must_not_train(*args, **kwargs):
+    raise AssertionError("train_model was called although the run is cached")
+
+
 def test_a_cache_hit_returns_the_same_history_without_training(small_data, tmp_path, monkeypatch):
     first = run(MLPConfig(), SHORT, small_data, cache=tmp_path, device="cpu")
 
-    def must_not_train(*args, **kwargs):
-        raise AssertionError("train_mlp was called although the run is cached")
-
-    monkeypatch.setattr(experiments, "train_mlp", must_not_train)
+    monkeypatch.setattr(experiments, "train_model", must_not_train)
     again = run(MLPConfig(), SHORT, small_data, cache=tmp_path, device="cpu")
     assert again == first
     assert without_seconds(again) == without_seconds(first)
@@ -92,6 +100,8 @@ def test_the_cache_lives_where_BNLAB_CACHE_says(small_data, tmp_path, monkeypatc
         (MLPConfig(), TrainConfig(epochs=2, batch_size=200)),
         (MLPConfig(), TrainConfig(epochs=1, batch_size=200, lr=0.05)),
         (MLPConfig(), TrainConfig(epochs=1, batch_size=200, seed=7)),
+        (MLPConfig(), TrainConfig(epochs=1, batch_size=200, record_train_acc=True)),
+        (MLPConfig(), TrainConfig(epochs=1, batch_size=200, momentum=0.9)),
     ],
 )
 def test_a_changed_model_or_train_config_trains_anew(small_data, tmp_path, trainer, model, config):
@@ -175,21 +185,6 @@ def test_run_seeds_runs_each_seed_once_in_order(small_data, tmp_path, trainer):
 # --- spread, tables and comparisons --------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("values", [(97.5, 97.9, 98.1), (1.0, 2.0), (0.25, 0.5, 0.75, 3.0, -1.0)])
-def test_spread_is_the_mean_and_sample_standard_deviation(values):
-    spread = Spread.of(values)
-    assert spread.mean == pytest.approx(statistics.fmean(values))
-    assert spread.std == pytest.approx(statistics.stdev(values))
-    assert spread.values == tuple(values)
-
-
-def test_spread_of_one_value_has_no_spread_and_formats_like_a_number():
-    assert Spread.of([3]).std == 0.0
-    spread = Spread.of([1.0, 2.0])
-    assert str(spread) == "1.50 ± 0.71"
-    assert f"{spread:.4f}" == "1.5000 ± 0.7071"
-
-
 def seed_runs(label, test_accs, *, losses=None, model=MLPConfig(), dataset="MNIST-10k subset", seeds=None):
     losses = losses or [0.1] * len(test_accs)
     histories = [fake_history(dataset, losses=(1.0, loss), test_acc=acc) for acc, loss in zip(test_accs, losses)]
@@ -211,37 +206,45 @@ def test_seed_runs_give_one_value_per_seed_and_the_run_of_a_seed():
         SeedRuns("x", MLPConfig(), (1, 2), (fake_history(),))
 
 
-def test_a_difference_within_the_spread_is_not_larger_than_it():
-    a = seed_runs("a", [97.0, 98.0, 96.0])  # std 1
-    b = seed_runs("b", [97.5, 98.5, 96.5])
-    c = compare(a, b)
-    assert c.difference == pytest.approx(-0.5) and c.spread == pytest.approx(1.0)
-    assert not c.exceeds_spread and c.verdict == "not larger than"
+def test_runs_with_the_same_seeds_are_compared_paired_by_seed():
+    a = seed_runs("a", [97.0, 97.2, 97.4, 97.1], seeds=(1, 2, 3, 4))
+    b = seed_runs("b", [95.5, 95.0, 96.0, 95.2], seeds=(2, 1, 3, 4))  # the same seeds, in another order
+    c = compare_runs(a, b)
+    expected = compare([97.0, 97.2, 97.4, 97.1], [95.0, 95.5, 96.0, 95.2], paired=True)
+    assert isinstance(c, RunComparison) and c.paired
+    assert (c.difference, *c.ci, c.p) == pytest.approx((expected.difference, *expected.ci, expected.p))
+    assert (c.a, c.b, c.metric) == ("a", "b", "test_acc") and c.supported
 
 
-def test_a_difference_beyond_the_spread_is_larger_and_welch_t_matches_its_formula():
-    a = seed_runs("a", [97.0, 97.2, 97.4, 97.1])
-    b = seed_runs("b", [95.0, 95.5, 96.0])
-    c = compare(a, b)
-    sa, sb = statistics.stdev(a.values()), statistics.stdev(b.values())
-    difference = statistics.fmean(a.values()) - statistics.fmean(b.values())
-    assert c.difference == pytest.approx(difference)
-    assert c.spread == pytest.approx(max(sa, sb))
-    assert c.welch_t == pytest.approx(difference / math.sqrt(sa**2 / 4 + sb**2 / 3))
-    assert c.exceeds_spread and c.verdict == "larger than"
-    assert compare(b, a).welch_t == pytest.approx(-c.welch_t)
+def test_runs_with_different_seeds_are_compared_by_welchs_test():
+    a = seed_runs("a", [97.0, 97.2, 97.4], seeds=(1, 2, 3))
+    b = seed_runs("b", [95.0, 95.5, 96.0], seeds=(4, 5, 6))
+    c = compare_runs(a, b, "test_acc", level=0.99)
+    expected = compare(a.values(), b.values(), paired=False, level=0.99)
+    assert not c.paired and c.level == 0.99
+    assert (c.df, *c.ci, c.p) == pytest.approx((expected.df, *expected.ci, expected.p))
 
 
-def test_identical_seed_values_compare_without_dividing_by_zero():
-    same = compare(seed_runs("a", [90.0, 90.0]), seed_runs("b", [90.0, 90.0]))
-    assert same.welch_t == 0.0 and same.verdict == "not larger than"
-    apart = compare(seed_runs("a", [91.0, 91.0]), seed_runs("b", [90.0, 90.0]))
-    assert apart.welch_t == math.inf and apart.verdict == "larger than"
+def test_a_run_comparison_describes_itself_with_its_labels_and_unit():
+    a = seed_runs("ReLU → BN", [97.0, 97.2, 97.4], losses=[0.02, 0.03, 0.025])
+    b = seed_runs("BN → ReLU", [97.1, 97.0, 97.6], losses=[0.03, 0.01, 0.02])
+    text = compare_runs(a, b).describe()
+    assert text.startswith("ReLU → BN scores 0.03 points lower than BN → ReLU (95 % CI ")
+    assert text.endswith("the seeds do not support a difference.")
+    loss = compare_runs(a, b, "loss").describe(verb="is")
+    assert loss.startswith("ReLU → BN is 0.0050 higher than BN → ReLU (95 % CI ") and "points" not in loss
 
 
 def test_a_comparison_needs_two_seeds_per_variant():
     with pytest.raises(ValueError, match="at least 2 seeds"):
-        compare(seed_runs("a", [90.0]), seed_runs("b", [91.0, 92.0]))
+        compare_runs(seed_runs("a", [90.0]), seed_runs("b", [91.0, 92.0]))
+
+
+def test_a_metric_that_was_not_recorded_says_how_to_record_it():
+    epochs = [EpochStats(1, 0.5, None, 70.0, 0.1)]
+    runs = SeedRuns("a", MLPConfig(), (1,), (History("MNIST-10k subset", "cpu", epochs, 90.0),))
+    with pytest.raises(ValueError, match="record_train_acc=True"):
+        runs.values("train_acc")
 
 
 def test_the_results_table_has_every_variant_and_seed_and_names_the_data_set():
@@ -271,13 +274,17 @@ def test_results_table_refuses_what_cannot_share_a_table():
         results_table({"a": seed_runs("a", [1.0, 2.0]), "b": seed_runs("b", [1.0, 2.0], seeds=(3, 4))})
 
 
-def test_the_comparisons_table_shows_each_comparison_with_its_verdict():
+def test_the_comparisons_table_shows_each_comparison_with_its_interval_p_and_verdict():
     a, b, c = seed_runs("a", [97.0, 97.2, 97.4]), seed_runs("b", [95.0, 95.5, 96.0]), seed_runs("c", [97.1, 97.0, 97.6])
-    table = comparisons_table([compare(a, b), compare(a, c)], caption="test accuracy, MNIST-10k subset")
+    first, second = compare_runs(a, b), compare_runs(a, c)
+    table = comparisons_table([first, second], caption="test accuracy, MNIST-10k subset")
     assert table.caption == "test accuracy, MNIST-10k subset"
-    assert table.rows[0][:4] == ("a", "b", "+1.70", "0.50") and table.rows[0][5] == "larger than"
-    assert table.rows[1][:2] == ("a", "c") and table.rows[1][5] == "not larger than"
-    assert "not larger than" in str(table) and table._repr_html_().count("<tr>") == 3
+    assert table.header == ("a", "b", "mean(a) - mean(b)", "95 % CI", "p", "verdict (by the seeds)")
+    assert table.rows[0] == ("a", "b", "+1.70", f"{first.ci[0]:+.2f} to {first.ci[1]:+.2f}", f"{first.p:.3f}", "supported")
+    assert table.rows[1][:2] == ("a", "c") and table.rows[1][5] == "not supported"
+    assert "not supported" in str(table) and table._repr_html_().count("<tr>") == 3
+    welch = compare_runs(a, seed_runs("d", [95.0, 95.5, 96.0], seeds=(7, 8, 9)))
+    assert comparisons_table([welch], caption="x").rows[0][5] == "supported (Welch)"
     with pytest.raises(ValueError, match="comparisons is empty"):
         comparisons_table([], caption="x")
 
@@ -310,3 +317,168 @@ def test_the_spread_plot_colours_each_variant_as_asked():
     ax = plot_seed_spread(runs, "loss", colors={"b": "red"})
     dots = [c for c in ax.collections if isinstance(c, PathCollection)]
     assert [tuple(c.get_facecolor()[0][:3]) for c in dots] == [to_rgb("tab:blue"), to_rgb("red")]
+
+
+# --- what the cache key holds ------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class OtherConfig(MLPConfig):
+    """Another kind of model configuration with the very same fields."""
+
+
+def test_the_key_tells_model_config_types_and_thread_counts_apart(small_data):
+    key = run_key(MLPConfig(), SHORT, small_data, device="cpu", threads=1)
+    assert run_key(MLPConfig(), SHORT, small_data, device="cpu", threads=1) == key
+    assert run_key(OtherConfig(), SHORT, small_data, device="cpu", threads=1) != key
+    assert run_key(MLPConfig(), SHORT, small_data, device="cpu", threads=2) != key
+    assert run_key(MLPConfig(), SHORT, small_data, device="cpu") == run_key(
+        MLPConfig(), SHORT, small_data, device="cpu", threads=torch.get_num_threads())
+
+
+@pytest.mark.parametrize("config", [{"hidden": (75, 45)}, MLPConfig, None])
+def test_the_key_needs_a_frozen_dataclass_model_config(small_data, config):
+    with pytest.raises(ValueError, match="model_config must be a model configuration"):
+        run_key(config, SHORT, small_data)
+
+
+def test_run_records_and_keys_the_threads_it_computed_with(small_data, tmp_path, monkeypatch):
+    one = run(MLPConfig(), SHORT, small_data, cache=tmp_path, device="cpu", threads=1)
+    assert one.threads == 1
+    monkeypatch.setattr(experiments, "train_model", must_not_train)
+    assert run(MLPConfig(), SHORT, small_data, cache=tmp_path, device="cpu", threads=1) == one
+    with pytest.raises(ValueError, match="threads must be a positive integer"):
+        run(MLPConfig(), SHORT, small_data, cache=tmp_path, device="cpu", threads=0)
+
+
+# --- a trained model with its history, cached --------------------------------------------------------------------
+
+
+def test_run_with_model_caches_weights_and_shares_the_history_with_run(small_data, tmp_path):
+    config, training = MLPConfig(), TrainConfig(epochs=1, batch_size=100)
+    model, history = run_with_model(config, training, small_data, cache=tmp_path, device="cpu")
+    assert len(list(tmp_path.glob("model-*.pt"))) == 1
+    assert run(config, training, small_data, cache=tmp_path, device="cpu") == history  # read from the cache
+    again, cached = run_with_model(config, training, small_data, cache=tmp_path, device="cpu")
+    assert cached == history
+    for (name, a), b in zip(model.state_dict().items(), again.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def test_run_with_model_retrains_when_the_weights_are_unreadable(small_data, tmp_path):
+    config, training = MLPConfig(), TrainConfig(epochs=1, batch_size=100)
+    model, history = run_with_model(config, training, small_data, cache=tmp_path, device="cpu")
+    weights = next(tmp_path.glob("model-*.pt"))
+    weights.write_bytes(b"not a checkpoint")
+    again, _ = run_with_model(config, training, small_data, cache=tmp_path, device="cpu")
+    for a, b in zip(model.state_dict().values(), again.state_dict().values()):
+        assert torch.equal(a, b)
+    assert torch.load(weights, weights_only=True).keys() == model.state_dict().keys()
+
+
+# --- seeds in worker processes -----------------------------------------------------------------------------------
+
+DROPOUT = MLPConfig(placement="after", dropout=0.3)
+TWO_EPOCHS = TrainConfig(epochs=2, batch_size=100)
+
+
+def same_bits(a: tuple, b: tuple) -> bool:
+    """Two (model, History) pairs with bitwise equal parameters, buffers and histories (but for the seconds)."""
+    (model_a, history_a), (model_b, history_b) = a, b
+    states = zip(model_a.state_dict().values(), model_b.state_dict().values(), strict=True)
+    return without_seconds(history_a) == without_seconds(history_b) and all(torch.equal(x, y) for x, y in states)
+
+
+def test_a_seed_gives_the_same_bits_alone_and_in_a_worker_beside_other_seeds(small_data, tmp_path, monkeypatch):
+    threads = max(1, torch.get_num_threads() // 2)
+    beside = run_seeds_with_models(DROPOUT, TWO_EPOCHS, small_data, (1, 2, 3), cache=tmp_path / "a", device="cpu",
+                                   workers=2, progress=False)
+    alone = run_seeds_with_models(DROPOUT, TWO_EPOCHS, small_data, (2,), cache=tmp_path / "b", device="cpu",
+                                  workers=2, progress=False)  # one seed: trained in this process
+    assert same_bits(beside[1], alone[0])
+    assert not same_bits(beside[0], alone[0])  # and the seeds do differ
+    assert all(history.threads == threads for _, history in beside + alone)
+
+    monkeypatch.setattr(experiments, "train_model", must_not_train)  # the workers stored every run
+    cached = run_seeds(DROPOUT, TWO_EPOCHS, small_data, (3, 1), cache=tmp_path / "a", device="cpu", workers=2)
+    assert cached == [beside[2][1], beside[0][1]]
+
+
+def test_a_failing_worker_raises_its_error_with_the_workers_traceback(small_data, tmp_path):
+    too_large = TrainConfig(epochs=1, batch_size=5_000)  # train() refuses it, inside the worker
+    with pytest.raises(ValueError, match="larger than the training split") as raised:
+        run_seeds(MLPConfig(), too_large, small_data, (1, 2), cache=tmp_path, device="cpu", workers=2, progress=False)
+    remote = str(raised.value.__cause__)
+    assert "Traceback" in remote and "training.py" in remote
+    assert any("in a worker process" in note for note in getattr(raised.value, "__notes__", ["in a worker process"]))
+    assert list(tmp_path.glob("run-*.json")) == []
+
+
+def test_seeds_run_in_this_process_where_processes_cannot_start(small_data, tmp_path, monkeypatch):
+    def no_processes(*args, **kwargs):
+        raise OSError(38, "Function not implemented")
+
+    monkeypatch.setattr(_workers.concurrent.futures, "ProcessPoolExecutor", no_processes)
+    with pytest.warns(UserWarning, match="could not be started.*in this process instead, with 1 thread"):
+        fallback = run_seeds_with_models(DROPOUT, TWO_EPOCHS, small_data, (1, 2), cache=tmp_path, device="cpu",
+                                         workers=max(2, torch.get_num_threads()), progress=False)
+    assert all(history.threads == 1 for _, history in fallback)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert same_bits(fallback[1], run_with_model(DROPOUT, dataclasses.replace(TWO_EPOCHS, seed=2), small_data,
+                                                     cache=tmp_path / "alone", device="cpu", threads=1))
+
+
+def test_one_worker_trains_in_this_process_with_all_threads(small_data, tmp_path, trainer):
+    run_seeds(MLPConfig(), SHORT, small_data, (1, 2), cache=tmp_path, device="cpu", workers=1)
+    assert len(trainer.calls) == 2  # the stand-in trainer only runs in this process
+    paths = {experiments.cache_paths(MLPConfig(), dataclasses.replace(SHORT, seed=s), small_data, cache=tmp_path,
+                                     device="cpu", threads=torch.get_num_threads())[0] for s in (1, 2)}
+    assert paths == set(tmp_path.glob("run-*.json"))
+
+
+def test_bnlab_workers_sets_the_number_of_workers(monkeypatch):
+    monkeypatch.delenv("BNLAB_WORKERS", raising=False)
+    assert seed_workers(device="cpu") == torch.get_num_threads()
+    monkeypatch.setenv("BNLAB_WORKERS", "3")
+    assert seed_workers(device="cpu") == 3
+    assert seed_workers(1, device="cpu") == 1  # the argument wins
+    for bad in ("0", "two", "-1"):
+        monkeypatch.setenv("BNLAB_WORKERS", bad)
+        with pytest.raises(ValueError, match=r"\$BNLAB_WORKERS must be a positive number"):
+            seed_workers(device="cpu")
+    with pytest.raises(ValueError, match="workers must be a positive number"):
+        seed_workers(0, device="cpu")
+
+
+def test_run_variants_shows_one_progress_bar_per_variant(small_data, tmp_path, trainer, capsys):
+    run_variants({"BN before": MLPConfig(), "BN after": MLPConfig(placement="after")}, SHORT, small_data, (1, 2),
+                 cache=tmp_path)
+    shown = capsys.readouterr().err
+    assert "BN before: " in shown and "BN after: " in shown and "0/2" in shown
+    run_variants({"BN before": MLPConfig()}, SHORT, small_data, (1, 2), cache=tmp_path)
+    assert capsys.readouterr().err == ""  # everything cached: no bar
+
+
+def test_stacked_seeds_are_cached_apart_from_seeds_trained_alone_and_with_their_stack(small_data, tmp_path,
+                                                                                     monkeypatch):
+    from bnlab.fast import stacked as stacked_module
+
+    calls = []
+    real = stacked_module.train_stacked
+
+    def counting(model_config, data, config, seeds, **kwargs):
+        calls.append(seeds)
+        return real(model_config, data, config, seeds, **kwargs)
+
+    monkeypatch.setattr(stacked_module, "train_stacked", counting)
+    stacked = run_seeds(MLPConfig(), SHORT, small_data, (2, 1), cache=tmp_path, device="cpu", stacked=True)[::-1]
+    alone = run_seeds(MLPConfig(), SHORT, small_data, (1, 2), cache=tmp_path, device="cpu", workers=1)
+    assert len(list(tmp_path.glob("run-*.json"))) == 4
+    for s, a in zip(stacked, alone):
+        assert s.final.loss == pytest.approx(a.final.loss, rel=1e-5) and s.threads == a.threads
+    assert run_seeds(MLPConfig(), SHORT, small_data, (1, 2), cache=tmp_path, device="cpu", stacked=True) == stacked
+    assert calls == [(1, 2)]  # from the cache
+    with_model = run_seeds_with_models(MLPConfig(), SHORT, small_data, (2,), cache=tmp_path, device="cpu", stacked=True)
+    assert calls == [(1, 2), (2,)]  # another stack: trained anew
+    assert with_model[0][1].final.loss == pytest.approx(stacked[1].final.loss, rel=1e-5)

@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch import nn
 
-from bnlab.models import MLPConfig, build_mlp, count_parameters
+from bnlab.models import MLPConfig, build_mlp, build_model, count_parameters
 
 
 def layer_types(model):
@@ -201,5 +201,24 @@ def test_cnn_config_is_frozen_and_hashable():
 def test_build_model_builds_either_config():
     assert layer_types(build_model(MLPConfig())) == layer_types(build_mlp(MLPConfig()))
     assert layer_types(build_model(CNNConfig(norm="group"))) == layer_types(build_cnn(CNNConfig(norm="group")))
-    with pytest.raises(ValueError, match="config must be an MLPConfig or a CNNConfig; got dict"):
+    with pytest.raises(ValueError, match="build_model needs a bnlab.models.MLPConfig or CNNConfig; got dict"):
         build_model({"hidden": (75, 45)})
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"hidden": 75}, {"hidden": "75"}, {"hidden": (True, 45)}, {"hidden": (75.0,)}, {"in_features": True},
+     {"num_classes": False}, {"init_std": float("inf")}, {"init_std": float("nan")}, {"dropout": float("nan")},
+     {"dropout": True}, {"bias": 1}],
+    ids=repr,
+)
+def test_invalid_model_config_raises_a_value_error_naming_the_field(kwargs):
+    (field,) = kwargs
+    with pytest.raises(ValueError, match=f"MLPConfig.{field} must"):
+        MLPConfig(**kwargs)
+
+
+def test_build_model_builds_an_mlp_and_rejects_what_it_does_not_know():
+    assert str(build_model(MLPConfig(hidden=(8,)))) == str(build_mlp(MLPConfig(hidden=(8,))))
+    with pytest.raises(ValueError, match="build_model needs"):
+        build_model({"hidden": (8,)})

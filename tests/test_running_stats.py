@@ -7,9 +7,7 @@ from torch.optim.swa_utils import update_bn
 
 from bnlab import running_stats
 from bnlab.data import BatchLoader, Split
-from bnlab.experiments import run
-from bnlab.models import MLPConfig, build_mlp
-from bnlab.training import TrainConfig
+from bnlab.models import build_mlp
 
 
 def mlp(seed: int = 0) -> nn.Sequential:
@@ -301,28 +299,3 @@ def test_early_accuracy_rejects_empty_or_invalid_arguments(small_data):
         running_stats.early_accuracy(small_data, momenta=(0.0,))
     with pytest.raises(ValueError, match="steps"):
         running_stats.early_accuracy(small_data, steps=(0, 5))
-
-
-# --- a trained model with its history, cached ----------------------------------------------------------------------
-
-
-def test_run_with_model_caches_weights_and_shares_the_history_with_experiments_run(small_data, tmp_path):
-    config, training = MLPConfig(), TrainConfig(epochs=1, batch_size=100)
-    model, history = running_stats.run_with_model(config, training, small_data, cache=tmp_path, device="cpu")
-    assert len(list(tmp_path.glob("model-*.pt"))) == 1
-    assert run(config, training, small_data, cache=tmp_path) == history  # read from the cache, not retrained
-    again, cached = running_stats.run_with_model(config, training, small_data, cache=tmp_path, device="cpu")
-    assert cached == history
-    for (name, a), b in zip(model.state_dict().items(), again.state_dict().values()):
-        assert torch.equal(a, b), name
-
-
-def test_run_with_model_retrains_when_the_weights_are_unreadable(small_data, tmp_path):
-    config, training = MLPConfig(), TrainConfig(epochs=1, batch_size=100)
-    model, history = running_stats.run_with_model(config, training, small_data, cache=tmp_path, device="cpu")
-    weights = next(tmp_path.glob("model-*.pt"))
-    weights.write_bytes(b"not a checkpoint")
-    again, _ = running_stats.run_with_model(config, training, small_data, cache=tmp_path, device="cpu")
-    for a, b in zip(model.state_dict().values(), again.state_dict().values()):
-        assert torch.equal(a, b)
-    assert torch.load(weights, weights_only=True).keys() == model.state_dict().keys()

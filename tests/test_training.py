@@ -1,5 +1,6 @@
 import copy
 import dataclasses
+import math
 
 import pytest
 import torch
@@ -29,6 +30,7 @@ from bnlab.training import (
     swapped_product_wins,
     train,
     train_mlp,
+    train_model,
 )
 
 SHORT = TrainConfig(epochs=2, batch_size=100)
@@ -58,6 +60,20 @@ def test_history_has_one_row_per_epoch_and_names_the_data(small_data):
     assert history.final.loss < history.epochs[0].loss
     assert "MNIST-10k subset" in history.table()
     assert History.from_dict(history.to_dict()) == history
+
+
+def test_a_cpu_run_records_the_threads_it_computed_with(small_data):
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        _, history = train_mlp(MLPConfig(), small_data, SHORT, device="cpu", progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    assert history.threads == 1
+    assert History.from_dict(history.to_dict()).threads == 1
+    stored = history.to_dict()
+    del stored["threads"]  # a History stored before the field existed
+    assert History.from_dict(stored).threads is None
 
 
 def test_training_learns_far_above_chance(small_data):
@@ -101,11 +117,58 @@ def test_pick_device_prefers_an_available_accelerator_and_checks_overrides():
             pick_device("cuda")
 
 
-@pytest.mark.parametrize("kwargs", [{"epochs": 0}, {"batch_size": -1}, {"lr": 0}, {"eval_batch_size": 1.5}])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"epochs": 0}, {"epochs": True}, {"batch_size": -1}, {"lr": 0}, {"lr": float("inf")}, {"lr": float("nan")},
+        {"lr": True}, {"eval_batch_size": 1.5}, {"seed": "1"}, {"seed": -1}, {"seed": False},
+        {"weight_decay": -0.1}, {"weight_decay": float("nan")}, {"momentum": 1.0}, {"momentum": -0.5},
+        {"record_train_acc": 1},
+    ],
+    ids=repr,
+)
 def test_invalid_train_config_names_the_field(kwargs):
     (field,) = kwargs
     with pytest.raises(ValueError, match=f"TrainConfig.{field} must be"):
         TrainConfig(**kwargs)
+
+
+def test_training_accuracy_is_recorded_only_when_asked_for(small_data):
+    _, without = train_model(MLPConfig(), small_data, SHORT, device="cpu", progress=False)
+    _, with_train = train_model(MLPConfig(), small_data, dataclasses.replace(SHORT, record_train_acc=True),
+                                device="cpu", progress=False)
+    assert [e.train_acc for e in without.epochs] == [None, None]
+    assert all(0 <= e.train_acc <= 100 for e in with_train.epochs)
+    assert [e.val_acc for e in without.epochs] == [e.val_acc for e in with_train.epochs]  # evaluation changes nothing
+    assert History.from_dict(without.to_dict()) == without
+    assert "-" in without.table().splitlines()[1]
+
+
+def test_momentum_and_weight_decay_reach_torch_optim_sgd(small_data):
+    config = dataclasses.replace(SHORT, epochs=1, momentum=0.9, weight_decay=5e-4, seed=4)
+    torch.manual_seed(0)
+    ours = build_mlp()
+    plain = copy.deepcopy(ours)
+    train(ours, small_data, config, device="cpu", progress=False)
+    reference_loop(plain, small_data.train, steps=10, batch_size=100, lr=0.1, seed=4, momentum=0.9, weight_decay=5e-4)
+    assert all(torch.equal(a, b) for a, b in zip(ours.state_dict().values(), plain.state_dict().values()))
+    torch.manual_seed(0)
+    without = build_mlp()
+    train(without, small_data, dataclasses.replace(config, momentum=0.0), device="cpu", progress=False)
+    assert not torch.equal(without[1].weight, ours[1].weight)
+
+
+def test_a_diverging_run_is_recorded_not_raised(small_data):
+    _, history = train_model(MLPConfig(placement="none"), small_data, TrainConfig(epochs=2, batch_size=100, lr=1e6),
+                             device="cpu", progress=False)
+    assert len(history.epochs) == 2 and not math.isfinite(history.final.loss)
+    assert 0 <= history.test_acc <= 100 and 0 <= history.final.val_acc <= 100
+
+
+def test_train_model_builds_from_the_config_and_train_mlp_is_the_same_function(small_data):
+    model, history = train_model(MLPConfig(hidden=(16,)), small_data, SHORT, device="cpu", progress=False)
+    assert model[1].out_features == 16 and len(history.epochs) == 2
+    assert train_mlp is train_model
 
 
 def test_progress_bar_can_be_turned_off(small_data, capsys):
@@ -118,11 +181,11 @@ def test_progress_bar_can_be_turned_off(small_data, capsys):
 
 
 
-def reference_loop(model, split, *, steps, batch_size, lr, seed):
+def reference_loop(model, split, *, steps, batch_size, lr, seed, momentum=0.0, weight_decay=0.0):
     """The plain loop, written out: standard modules, autograd, torch.optim.SGD, BatchLoader's batch order."""
     torch.manual_seed(seed)  # dropout masks, as train() seeds them
     order = torch.randperm(len(split), generator=torch.Generator().manual_seed(seed))
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
     model.train()
     for i in range(steps):
         index = order[i * batch_size : (i + 1) * batch_size]
@@ -302,7 +365,7 @@ def test_count_correct_counts_on_the_device_and_matches_accuracy(small_data):
 def test_amp_trains_under_bfloat16_autocast(small_data):
     _, history = train_mlp(MLPConfig(), small_data, SHORT, device="cpu", progress=False, engine=Engine(amp=True))
     _, exact = train_mlp(MLPConfig(), small_data, SHORT, device="cpu", progress=False)
-    assert history.final.loss < history.epochs[0].loss and history.final.train_acc > 50
+    assert history.final.loss < history.epochs[0].loss and history.final.val_acc > 50
     assert without_seconds(history) != without_seconds(exact)  # bfloat16 rounds differently
 
 

@@ -5,7 +5,8 @@ Modules, named for the ideas the chapters use:
 * ``data``: MNIST as tensors on the training device; the offline MNIST-10k subset; integrity checks.
 * ``models``: the lecture's MLP from an ``MLPConfig`` (hidden sizes, BatchNorm placement, bias, dropout).
 * ``training``: ``train`` and ``accuracy``, device selection, seeding, the per-epoch ``History``.
-* ``experiments``: several seeds per configuration, cached on disk; spreads, tables, comparisons.
+* ``experiments``: runs cached on disk; several seeds per configuration in parallel worker processes; tables.
+* ``stats``: the book's one statistical rule: ``Spread``, ``compare`` (paired t-test, 95 % CI), verdict sentences.
 * ``batchnorm``: BatchNorm written out by hand, checked against ``torch.nn.BatchNorm1d`` (chapter 1).
 * ``folding``: folding an eval-mode BatchNorm into the preceding Linear layer (chapter 3).
 * ``running_stats``: the momentum average of the statistics, and precise BN (chapter 4).
@@ -18,15 +19,16 @@ Modules, named for the ideas the chapters use:
 """
 
 from .data import DataError, Dataset, Split, load_mnist
-from .models import MLPConfig, build_mlp, count_parameters
+from .models import MLPConfig, build_mlp, build_model, count_parameters
 from .profiles import Profile, current_profile
-from .training import History, TrainConfig, accuracy, pick_device, train, train_mlp
+from .training import EpochStats, History, TrainConfig, accuracy, pick_device, train, train_mlp, train_model
 
 __version__ = "0.1.0"
 
 __all__ = [
     "DataError",
     "Dataset",
+    "EpochStats",
     "History",
     "MLPConfig",
     "Profile",
@@ -34,10 +36,12 @@ __all__ = [
     "TrainConfig",
     "accuracy",
     "build_mlp",
+    "build_model",
     "count_parameters",
     "current_profile",
     "load_mnist",
     "pick_device",
     "train",
     "train_mlp",
+    "train_model",
 ]

@@ -26,7 +26,6 @@ import argparse
 import datetime
 import os
 import platform
-import statistics
 import sys
 import time
 from dataclasses import dataclass, replace
@@ -40,6 +39,7 @@ from torchvision.datasets.vision import VisionDataset
 
 from .data import DATA_ENV, Dataset, Split, data_root, read_subset_marker, to_float
 from .models import build_mlp
+from .stats import Spread
 from .training import AutogradStep, Engine, StepLoop, TrainConfig, epoch_order, make_step, pick_device, to_device, train
 
 LECTURE_SIZES = (784, 75, 45, 10)
@@ -349,7 +349,7 @@ def run_benchmark(
     rows.append(Row(ROW_NAMES[3], f"{autograd.per_second:,.0f} samples/s", f"data on the device, batches by index, AutogradStep{graphs}; {best}"))
     rows.append(Row(ROW_NAMES[4], f"{fused.per_second:,.0f} samples/s", f"data on the device, batches by index, {step_name}{graphs}; {best}"))
     speedup = Spread.of([f.per_second / s.per_second for s, _, f in rounds])
-    rows.append(Row(ROW_NAMES[5], f"{speedup.median:,.1f}x", f"bnlab, fused step / standard pipeline, timed in turn; {speedup}"))
+    rows.append(Row(ROW_NAMES[5], f"{speedup.median:,.1f}x", f"bnlab, fused step / standard pipeline, timed in turn; {describe_rounds(speedup)}"))
     achieved = fused.per_second * flops.total
     rows.append(Row(ROW_NAMES[6], f"{achieved / 1e9:,.1f} GFLOP/s", f"{achieved / peak:.0%} of the matmul peak (bnlab, fused step)"))
 
@@ -372,30 +372,16 @@ def run_benchmark(
                     f"bnlab.training.train: + train accuracy on {ref.images:,} and validation accuracy on {ref.val_images:,} images every epoch; {best}"))
     rows.append(Row(ROW_NAMES[9], f"{floor:,.2f} s", f"{work / 1e9:,.0f} GFLOP / the best matmul peak measured"))
     rows.append(Row(ROW_NAMES[10], f"{to_floor.median:,.2f}x",
-                    f"training steps / FLOP floor, each run against the peak measured just before it; {to_floor}"))
+                    f"training steps / FLOP floor, each run against the peak measured just before it; {describe_rounds(to_floor)}"))
     rows.append(Row(ROW_NAMES[11], f"{ref.samples / standard.per_second:,.1f} s", "extrapolated from the standard pipeline's samples/s"))
     return rows
 
 
-@dataclass(frozen=True)
-class Spread:
-    """The median of a few ratios, each from one round of back-to-back measurements, and their range."""
-
-    median: float
-    low: float
-    high: float
-    count: int
-
-    @classmethod
-    def of(cls, values: list[float]) -> "Spread":
-        if not values:
-            raise ValueError("Spread.of needs at least one value.")
-        return cls(statistics.median(values), min(values), max(values), len(values))
-
-    def __str__(self) -> str:
-        if self.count == 1:
-            return "1 round"
-        return f"median of {self.count} rounds, {self.low:,.2f}x to {self.high:,.2f}x"
+def describe_rounds(spread: Spread) -> str:
+    """How many rounds a ratio's median comes from, and their range."""
+    if spread.n == 1:
+        return "1 round"
+    return f"median of {spread.n} rounds, {spread.low:,.2f}x to {spread.high:,.2f}x"
 
 
 def environment(device: torch.device) -> dict[str, str]:

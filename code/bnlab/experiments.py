@@ -1,124 +1,171 @@
-"""Multi-seed experiments, cached on disk.
+"""Training runs, cached on disk, and many seeds at once.
 
-``run`` trains one configuration on one data set and stores its ``History`` as JSON, keyed by a hash of the
-whole model configuration, the whole training configuration and the data set's fingerprint. Asking again returns
-the stored run without training; changing anything in the key trains anew, so a stale result is never served.
-Files are written to a temporary name and renamed into place, so an interrupted run never leaves a corrupt entry.
+``run`` trains one configuration on one data set and stores its ``History`` as JSON, keyed by a hash of
+everything that can change the result: the model configuration's type and fields, the training configuration
+(with ``record_train_acc``, the metrics it records), the data set's name and fingerprint, the torch version, the
+device type and, on the CPU, the number of threads. (The CPU's kernels split their sums between threads, so the
+same seed gives slightly different bits with 1 and with 2 threads; ``History.threads`` records the count.)
+Asking again returns the stored run without training; changing anything in the key trains anew, so a stale
+result is never served. Files are written to a temporary name and renamed into place, so an interrupted run never
+leaves a corrupt entry. ``run_with_model`` also stores the trained weights.
+
+``run_seeds`` and ``run_variants`` train the seeds that are not cached yet in worker processes on the CPU, the
+cores divided between them: ``workers`` processes (argument, else ``$BNLAB_WORKERS``, else one per thread torch
+uses) of ``threads // workers`` threads each. Every seed computes with that thread count wherever it runs (in a
+worker, alone, or in this process where processes cannot start), so its result does not depend on which seeds
+run beside it or on what was cached. ``workers=1`` trains in this process with all threads: a different thread
+count, so different bits and a different cache entry. On a GPU the seeds run one after another in this process;
+``stacked=True`` (opt-in) trains a variant's seeds together as one stacked model instead (``bnlab.fast.stacked``).
 
 The cache lives in ``$BNLAB_CACHE``, else ``~/.cache/bnlab``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
-import statistics
+import pickle
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+from torch import nn
+from tqdm.auto import tqdm
 
+from . import _workers
+from ._workers import using_threads
 from .data import Dataset
-from .models import MLPConfig
-from .training import History, TrainConfig, train_mlp
+from .models import build_model
+from .stats import Comparison, Spread, compare, format_p
+from .training import History, TrainConfig, pick_device, train_model
 
 CACHE_ENV = "BNLAB_CACHE"
-CACHE_FORMAT = 1  # bump when the meaning of a stored History changes
+WORKERS_ENV = "BNLAB_WORKERS"
+CACHE_FORMAT = 2  # bump when the meaning of a stored History changes
 
 
 def cache_dir(path: str | os.PathLike | None = None) -> Path:
     return Path(path or os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "bnlab").expanduser()
 
 
-def run_key(model_config: MLPConfig, train_config: TrainConfig, data: Dataset) -> str:
-    """The cache key: everything that can change the result."""
+def check_model_config(model_config) -> None:
+    params = getattr(type(model_config), "__dataclass_params__", None)
+    if params is None or not params.frozen or isinstance(model_config, type):
+        raise ValueError(
+            f"model_config must be a model configuration (a frozen dataclass such as MLPConfig); "
+            f"got {type(model_config).__name__}."
+        )
+
+
+def run_threads(device: torch.device, threads: int | None = None) -> int | None:
+    """The CPU threads a run on ``device`` computes with: ``threads``, else all torch uses; ``None`` off the CPU."""
+    if device.type != "cpu":
+        return None
+    if threads is None:
+        return torch.get_num_threads()
+    if not (isinstance(threads, int) and not isinstance(threads, bool) and threads > 0):
+        raise ValueError(f"threads must be a positive integer; got {threads!r}.")
+    return threads
+
+
+def run_key(model_config, train_config: TrainConfig, data: Dataset, *, device=None, threads: int | None = None,
+            stacked: tuple[int, ...] | None = None) -> str:
+    """The cache key: everything that can change the result (see the module's docstring). ``stacked``: the seeds
+    a run was stacked with (``bnlab.fast.stacked``: its bits depend on them)."""
+    check_model_config(model_config)
+    device = pick_device(device)
     spec = {
         "format": CACHE_FORMAT,
+        "model_type": type(model_config).__name__,
         "model": asdict(model_config),
         "train": asdict(train_config),
         "dataset": data.name,
         "data": data.fingerprint,
         "torch": torch.__version__.split("+")[0],
+        "device": device.type,
+        "threads": run_threads(device, threads),
+        "stacked": None if stacked is None else sorted(stacked),
     }
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:24]
 
 
-def run(
-    model_config: MLPConfig,
-    train_config: TrainConfig,
-    data: Dataset,
-    *,
-    cache: str | os.PathLike | None = None,
-    device: str | torch.device | None = None,
-    progress: bool = False,
-) -> History:
-    """One training run's history, from the cache when this exact run was done before."""
-    path = cache_dir(cache) / f"run-{run_key(model_config, train_config, data)}.json"
-    stored = read_history(path)
+def cache_paths(model_config, train_config, data, *, cache=None, device=None, threads=None,
+                stacked=None) -> tuple[Path, Path]:
+    """Where a run's history (``run-<key>.json``) and trained weights (``model-<key>.pt``) are stored."""
+    key = run_key(model_config, train_config, data, device=device, threads=threads, stacked=stacked)
+    folder = cache_dir(cache)
+    return folder / f"run-{key}.json", folder / f"model-{key}.pt"
+
+
+def train_and_store(model_config, train_config, data, history_path: Path, weights_path: Path | None, *,
+                    device, threads: int | None, progress: bool = False) -> tuple[nn.Module, History]:
+    """Train one run with ``threads`` CPU threads and store it."""
+    with using_threads(threads):
+        model, history = train_model(model_config, data, train_config, device=device, progress=progress)
+    store(model, history, history_path, weights_path)
+    return model, history
+
+
+def store(model: nn.Module, history: History, history_path: Path, weights_path: Path | None) -> None:
+    """Store a run: the weights first (if ``weights_path``), then the history, which marks the entry complete."""
+    if weights_path is not None:
+        weights_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = weights_path.with_name(f".{weights_path.name}.{os.getpid()}.tmp")
+        torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp)
+        os.replace(tmp, weights_path)
+    write_json_atomic(history_path, history.to_dict())
+
+
+def run(model_config, train_config: TrainConfig, data: Dataset, *, cache=None, device=None, progress: bool = False,
+        threads: int | None = None) -> History:
+    """One training run's history, from the cache when this exact run was done before. On the CPU it computes
+    with ``threads`` threads (default: all that torch uses)."""
+    device = pick_device(device)
+    threads = run_threads(device, threads)
+    history_path, _ = cache_paths(model_config, train_config, data, cache=cache, device=device, threads=threads)
+    stored = read_history(history_path)
     if stored is not None:
         return stored
-    _, history = train_mlp(model_config, data, train_config, device=device, progress=progress)
-    write_json_atomic(path, history.to_dict())
-    return history
+    return train_and_store(model_config, train_config, data, history_path, None, device=device, threads=threads,
+                           progress=progress)[1]
 
 
-def run_seeds(
-    model_config: MLPConfig,
-    train_config: TrainConfig,
-    data: Dataset,
-    seeds: tuple[int, ...],
-    **kwargs,
-) -> list[History]:
-    """``run`` once per seed (the seed replaces ``train_config.seed``)."""
-    if not seeds:
-        raise ValueError("seeds is empty: give at least one seed.")
-    return [run(model_config, replace_seed(train_config, seed), data, **kwargs) for seed in seeds]
+def run_with_model(model_config, train_config: TrainConfig, data: Dataset, *, cache=None, device=None,
+                   threads: int | None = None) -> tuple[nn.Module, History]:
+    """Like ``run``, and also the trained model: its weights are cached next to the history (same key,
+    ``model-<key>.pt``). The model comes back on ``device`` (auto-selected when ``None``)."""
+    device = pick_device(device)
+    threads = run_threads(device, threads)
+    history_path, weights_path = cache_paths(model_config, train_config, data, cache=cache, device=device, threads=threads)
+    stored = load_with_model(model_config, history_path, weights_path)
+    if stored is not None:
+        return stored[0].to(device), stored[1]
+    return train_and_store(model_config, train_config, data, history_path, weights_path, device=device, threads=threads)
 
 
-def replace_seed(config: TrainConfig, seed: int) -> TrainConfig:
-    return TrainConfig(**{**asdict(config), "seed": seed})
-
-
-@dataclass(frozen=True)
-class Spread:
-    """Mean and sample standard deviation of one number over seeds."""
-
-    mean: float
-    std: float
-    values: tuple[float, ...]
-
-    @classmethod
-    def of(cls, values) -> "Spread":
-        values = tuple(float(v) for v in values)
-        std = statistics.stdev(values) if len(values) > 1 else 0.0
-        return cls(statistics.fmean(values), std, values)
-
-    def __str__(self) -> str:
-        return f"{self.mean:.2f} ± {self.std:.2f}"
-
-    def __format__(self, spec: str) -> str:
-        """``f"{spread:.4f}"`` formats mean and std alike; an empty spec gives ``str(spread)``."""
-        return f"{self.mean:{spec}} ± {self.std:{spec}}" if spec else str(self)
-
-
-def read_json(path: Path) -> dict | None:
-    """The JSON stored at ``path``, or ``None`` if it is absent or unreadable (then it is recomputed)."""
-    try:
-        return json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
+def load_with_model(model_config, history_path: Path, weights_path: Path) -> tuple[nn.Module, History] | None:
+    """The stored model and history, or ``None`` if either is missing, unreadable or stale."""
+    history = read_history(history_path)
+    if history is None or not weights_path.exists():
         return None
+    model = build_model(model_config)
+    try:
+        model.load_state_dict(torch.load(weights_path, map_location="cpu", weights_only=True))
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError):
+        return None  # unreadable or stale weights: train again
+    return model, history
 
 
 def read_history(path: Path) -> History | None:
-    """The ``History`` stored at ``path``, or ``None`` if it is absent, unreadable or not a whole History."""
-    stored = read_json(path)
-    if stored is None:
-        return None
+    """The ``History`` stored at ``path``, or ``None`` if it is absent, unreadable or not a whole History (then
+    it is recomputed)."""
     try:
-        history = History.from_dict(stored)
-    except (KeyError, TypeError, ValueError, AttributeError):
+        history = History.from_dict(json.loads(path.read_text()))
+    except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError,
+            AttributeError):
         return None
     return history if history.epochs and history.test_acc is not None else None
 
@@ -139,7 +186,128 @@ def write_json_atomic(path: Path, payload: dict) -> None:
         raise
 
 
-# --- Several configurations, several seeds each: tables and comparisons ------------------------------------------
+# --- many seeds: worker processes on the CPU ---------------------------------------------------------------------
+
+
+def seed_workers(workers: int | None = None, device=None) -> int:
+    """How many processes train seeds at once: ``workers``, else ``$BNLAB_WORKERS``, else one per CPU thread torch
+    uses; always 1 (this process) on a GPU."""
+    if pick_device(device).type != "cpu":
+        return 1
+    source = "workers"
+    if workers is None and os.environ.get(WORKERS_ENV, "").strip():
+        source, workers = f"${WORKERS_ENV}", os.environ[WORKERS_ENV].strip()
+        workers = int(workers) if workers.isdigit() else workers
+    if workers is None:
+        return torch.get_num_threads()
+    if not (isinstance(workers, int) and not isinstance(workers, bool) and workers > 0):
+        raise ValueError(f"{source} must be a positive number of worker processes (1: no workers); got {workers!r}.")
+    return workers
+
+
+@dataclass(frozen=True)
+class Task:
+    """One seed of one variant to train and store, with ``threads`` CPU threads."""
+
+    label: str
+    seed: int
+    model_config: object
+    train_config: TrainConfig
+    history_path: Path
+    weights_path: Path | None
+    device: str
+    threads: int | None
+
+    def __str__(self) -> str:
+        return f"{self.label!r}, seed {self.seed}"
+
+
+def train_task(task: Task, data: Dataset) -> History:
+    """What a worker runs: train one seed and store it."""
+    return train_and_store(task.model_config, task.train_config, data, task.history_path, task.weights_path,
+                           device=task.device, threads=task.threads)[1]
+
+
+def run_many(variants: dict, train_config: TrainConfig, data: Dataset, seeds, *, cache=None, device=None,
+             workers: int | None = None, progress: bool = True, with_models: bool = False,
+             stacked: bool = False) -> dict[str, list]:
+    """``{label: [History per seed]}`` (or ``[(model, History)]`` with ``with_models``) for every variant and seed,
+    training what is not cached; see the module's docstring for where and with how many threads. ``stacked``
+    trains each MLP variant's seeds together in this process (``bnlab.fast.stacked``, opt-in): they equal the
+    seeds trained alone only up to rounding, so they have their own cache entries, keyed with the seeds stacked."""
+    seeds = tuple(seeds)
+    if not seeds:
+        raise ValueError("seeds is empty: give at least one seed.")
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds must not repeat; got {seeds}.")
+    device = pick_device(device)
+    workers = 1 if stacked else seed_workers(workers, device)
+    threads = run_threads(device, max(1, torch.get_num_threads() // workers) if device.type == "cpu" else None)
+    found, tasks = {}, []
+    for label, model_config in variants.items():
+        for seed in seeds:
+            config = dataclasses.replace(train_config, seed=seed)
+            history_path, weights_path = cache_paths(model_config, config, data, cache=cache, device=device,
+                                                     threads=threads, stacked=seeds if stacked else None)
+            stored = (load_with_model(model_config, history_path, weights_path) if with_models
+                      else read_history(history_path))
+            if stored is not None:
+                found[label, seed] = stored
+            else:
+                tasks.append(Task(label, seed, model_config, config, history_path,
+                                  weights_path if with_models else None, str(device), threads))
+    bars = {label: tqdm(total=len(seeds), initial=sum((label, s) in found for s in seeds), desc=label,
+                        unit="seed", leave=False, disable=not (progress and tasks))
+            for label in variants}
+    try:
+        if stacked:
+            found.update(train_stacked_tasks(tasks, variants, train_config, data, seeds, cache=cache, device=device,
+                                             threads=threads, bars=bars, with_models=with_models, progress=progress))
+        for task, history in _workers.results(train_task, [] if stacked else tasks, data, workers=workers, threads=threads):
+            found[task.label, task.seed] = (load_with_model(task.model_config, task.history_path, task.weights_path)
+                                            if with_models else history)
+            bars[task.label].update()
+    finally:
+        for bar in bars.values():
+            bar.close()
+    if with_models:
+        return {label: [(found[label, s][0].to(device), found[label, s][1]) for s in seeds] for label in variants}
+    return {label: [found[label, s] for s in seeds] for label in variants}
+
+
+def train_stacked_tasks(tasks: list[Task], variants: dict, train_config, data, seeds, *, cache, device, threads,
+                        bars: dict, with_models: bool, progress: bool) -> dict:
+    """Every variant with a seed missing trains all its seeds stacked (a seed's bits depend on its stack)."""
+    from .fast.stacked import train_stacked
+
+    found, seeds = {}, tuple(sorted(seeds))  # stacked in one order, whatever order they were asked in
+    for label in dict.fromkeys(task.label for task in tasks):
+        with using_threads(threads):
+            trained = train_stacked(variants[label], data, train_config, seeds, device=device, progress=progress)
+        for seed, (model, history) in zip(seeds, trained):
+            config = dataclasses.replace(train_config, seed=seed)
+            history_path, weights_path = cache_paths(variants[label], config, data, cache=cache, device=device,
+                                                     threads=threads, stacked=seeds)
+            store(model, history, history_path, weights_path if with_models else None)
+            found[label, seed] = (model, history) if with_models else history
+        bars[label].update(sum(task.label == label for task in tasks))
+    return found
+
+
+def run_seeds(model_config, train_config: TrainConfig, data: Dataset, seeds, **kwargs) -> list[History]:
+    """``run`` once per seed (the seed replaces ``train_config.seed``), the seeds not cached yet trained in
+    parallel worker processes on the CPU (``workers``, ``cache``, ``device``, ``progress``: see ``run_many``)."""
+    check_model_config(model_config)
+    return run_many({"seeds": model_config}, train_config, data, seeds, **kwargs)["seeds"]
+
+
+def run_seeds_with_models(model_config, train_config: TrainConfig, data: Dataset, seeds, **kwargs) -> list:
+    """``run_with_model`` once per seed, in parallel like ``run_seeds``: ``[(model, History)]`` in seed order."""
+    check_model_config(model_config)
+    return run_many({"seeds": model_config}, train_config, data, seeds, with_models=True, **kwargs)["seeds"]
+
+
+# --- several configurations, several seeds each: tables and comparisons ------------------------------------------
 
 METRICS = {
     "test_acc": "test accuracy (%)",
@@ -161,7 +329,7 @@ class SeedRuns:
     """
 
     label: str
-    model: MLPConfig
+    model: object
     seeds: tuple[int, ...]
     histories: tuple[History, ...]
 
@@ -185,7 +353,10 @@ class SeedRuns:
             raise ValueError(f"metric must be one of {sorted(METRICS)}; got {metric!r}.")
         if metric == "test_acc":
             return tuple(h.test_acc for h in self.histories)
-        return tuple(getattr(h.final, metric) for h in self.histories)
+        values = tuple(getattr(h.final, metric) for h in self.histories)
+        if None in values:
+            raise ValueError(f"{self.label!r}: {metric} was not recorded; train with TrainConfig(record_train_acc=True).")
+        return values
 
     def spread(self, metric: str = "test_acc") -> Spread:
         """Mean ± sample standard deviation of ``metric`` over the seeds."""
@@ -198,73 +369,62 @@ class SeedRuns:
         return self.histories[self.seeds.index(seed)]
 
 
-def run_variants(
-    variants: dict[str, MLPConfig],
-    train_config: TrainConfig,
-    data: Dataset,
-    seeds: tuple[int, ...],
-    **kwargs,
-) -> dict[str, SeedRuns]:
-    """``run_seeds`` for every ``{label: model config}``; returns ``{label: SeedRuns}`` in the same order."""
+def run_variants(variants: dict, train_config: TrainConfig, data: Dataset, seeds, **kwargs) -> dict[str, SeedRuns]:
+    """``run_seeds`` for every ``{label: model config}``, all variants' missing seeds shared among the same
+    workers (one progress bar per variant); returns ``{label: SeedRuns}`` in the same order."""
     if not variants:
-        raise ValueError("variants is empty: give at least one {label: MLPConfig}.")
+        raise ValueError("variants is empty: give at least one {label: model config}.")
+    for model_config in variants.values():
+        check_model_config(model_config)
     seeds = tuple(seeds)
-    return {
-        label: SeedRuns(label, model, seeds, tuple(run_seeds(model, train_config, data, seeds, **kwargs)))
-        for label, model in variants.items()
-    }
+    histories = run_many(variants, train_config, data, seeds, **kwargs)
+    return {label: SeedRuns(label, model, seeds, tuple(histories[label])) for label, model in variants.items()}
 
 
 @dataclass(frozen=True)
-class Comparison:
-    """Two variants compared on one metric, against the seed-to-seed spread.
+class RunComparison(Comparison):
+    """A ``bnlab.stats.Comparison`` of two variants on one metric, with their labels."""
 
-    ``difference = mean_a - mean_b``; ``spread = max(std_a, std_b)``, the larger sample standard deviation.
-    The difference counts as *larger than the seed-to-seed spread* when ``|difference| > spread``.
-    ``welch_t = difference / sqrt(std_a^2 / n_a + std_b^2 / n_b)`` is Welch's t-statistic, for readers who want it.
-    """
+    a: str = "a"
+    b: str = "b"
+    metric: str = "test_acc"
 
-    a: str
-    b: str
-    metric: str
-    difference: float
-    spread: float
-    welch_t: float
-
-    @property
-    def exceeds_spread(self) -> bool:
-        return abs(self.difference) > self.spread
-
-    @property
-    def verdict(self) -> str:
-        """``"larger than"`` or ``"not larger than"`` (the seed-to-seed spread), as words for the prose."""
-        return "larger than" if self.exceeds_spread else "not larger than"
+    def describe(self, a_label: str | None = None, b_label: str | None = None, unit: str | None = None, **kwargs) -> str:
+        """``Comparison.describe`` with the variants' labels and the metric's unit."""
+        unit = ("points" if self.metric != "loss" else "") if unit is None else unit
+        kwargs.setdefault("digits", 4 if self.metric == "loss" else 2)
+        return super().describe(a_label or self.a, b_label or self.b, unit, **kwargs)
 
 
-def compare(a: SeedRuns, b: SeedRuns, metric: str = "test_acc") -> Comparison:
-    """Compare ``a`` with ``b`` on ``metric``; both need at least two seeds (one seed has no spread)."""
+def compare_runs(a: SeedRuns, b: SeedRuns, metric: str = "test_acc", *, level: float = 0.95) -> RunComparison:
+    """``a`` against ``b`` on ``metric`` by the book's rule (``bnlab.stats``): paired by seed when both ran the
+    same seeds, Welch's t-test otherwise. Both need at least two seeds."""
     for name, runs in (("a", a), ("b", b)):
         if len(runs.seeds) < 2:
-            raise ValueError(f"{name} ({runs.label!r}) has {len(runs.seeds)} seed; a spread needs at least 2 seeds.")
-    sa, sb = a.spread(metric), b.spread(metric)
-    difference = sa.mean - sb.mean
-    standard_error = (sa.std**2 / len(sa.values) + sb.std**2 / len(sb.values)) ** 0.5
-    if standard_error > 0:
-        welch_t = difference / standard_error
+            raise ValueError(f"{name} ({runs.label!r}) has {len(runs.seeds)} seed; a comparison needs at least 2 seeds.")
+    if set(a.seeds) == set(b.seeds):
+        seeds = sorted(a.seeds)
+        a_values = [a.values(metric)[a.seeds.index(s)] for s in seeds]
+        b_values = [b.values(metric)[b.seeds.index(s)] for s in seeds]
+        result = compare(a_values, b_values, paired=True, level=level)
     else:
-        welch_t = 0.0 if difference == 0 else float("inf") if difference > 0 else float("-inf")
-    return Comparison(a.label, b.label, metric, difference, max(sa.std, sb.std), welch_t)
+        result = compare(a.values(metric), b.values(metric), paired=False, level=level)
+    fields = {f.name: getattr(result, f.name) for f in dataclasses.fields(Comparison)}
+    return RunComparison(**fields, a=a.label, b=b.label, metric=metric)
 
 
 def comparisons_table(comparisons, *, caption: str) -> Table:
-    """One row per ``Comparison``: the difference of means, the larger std, Welch's t and the verdict."""
+    """One row per ``RunComparison``: the difference of means, its confidence interval, p and the verdict."""
     comparisons = list(comparisons)
     if not comparisons:
-        raise ValueError("comparisons is empty: give at least one Comparison.")
+        raise ValueError("comparisons is empty: give at least one RunComparison (from compare_runs).")
     fmt = metric_format(comparisons[0].metric)
-    header = ("a", "b", "mean(a) - mean(b)", "larger std", "Welch t", "difference vs seed-to-seed spread")
+    levels = {c.level for c in comparisons}
+    level = f"{levels.pop() * 100:g} % CI" if len(levels) == 1 else "CI"
+    header = ("a", "b", "mean(a) - mean(b)", level, "p", "verdict (by the seeds)")
     rows = tuple(
-        (c.a, c.b, f"{c.difference:+{fmt}}", f"{c.spread:{fmt}}", f"{c.welch_t:+.1f}", c.verdict)
+        (c.a, c.b, f"{c.difference:+{fmt}}", f"{c.ci[0]:+{fmt}} to {c.ci[1]:+{fmt}}", format_p(c.p),
+         c.verdict if c.paired else f"{c.verdict} (Welch)")
         for c in comparisons
     )
     return Table(caption, header, rows)

@@ -34,11 +34,22 @@ and H, W), ``"layer"`` (``GroupNorm(1, C)``: per example, over all channels and 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from torch import nn
 
 PLACEMENTS = ("none", "before", "after")
+
+
+def is_integer(value) -> bool:
+    """An ``int`` that is not a ``bool`` (``True`` is an ``int`` in Python, but never a size)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_finite_number(value) -> bool:
+    """A finite ``int`` or ``float`` that is not a ``bool``."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 @dataclass(frozen=True)
@@ -65,20 +76,24 @@ class MLPConfig:
     num_classes: int = 10
 
     def __post_init__(self):
+        if isinstance(self.hidden, (str, bytes)) or not hasattr(self.hidden, "__iter__"):
+            raise ValueError(
+                f"MLPConfig.hidden must be a sequence of positive integers, e.g. (75, 45) or (75,); got {self.hidden!r}."
+            )
         object.__setattr__(self, "hidden", tuple(self.hidden))
         if self.placement not in PLACEMENTS:
             raise ValueError(f"MLPConfig.placement must be one of {PLACEMENTS}; got {self.placement!r}.")
-        if not self.hidden or not all(isinstance(h, int) and not isinstance(h, bool) and h > 0 for h in self.hidden):
+        if not self.hidden or not all(is_integer(h) and h > 0 for h in self.hidden):
             raise ValueError(f"MLPConfig.hidden must be one or more positive integers; got {self.hidden!r}.")
-        if self.bias not in (None, True, False):
+        if not isinstance(self.bias, (bool, type(None))):
             raise ValueError(f"MLPConfig.bias must be True, False or None (automatic); got {self.bias!r}.")
-        if not (isinstance(self.dropout, (int, float)) and 0.0 <= self.dropout < 1.0):
+        if not (is_finite_number(self.dropout) and 0.0 <= self.dropout < 1.0):
             raise ValueError(f"MLPConfig.dropout must be a probability in [0, 1); got {self.dropout!r}.")
-        if self.init_std is not None and not (isinstance(self.init_std, (int, float)) and self.init_std > 0):
-            raise ValueError(f"MLPConfig.init_std must be None or a positive number; got {self.init_std!r}.")
+        if self.init_std is not None and not (is_finite_number(self.init_std) and self.init_std > 0):
+            raise ValueError(f"MLPConfig.init_std must be None or a finite positive number; got {self.init_std!r}.")
         for name in ("in_features", "num_classes"):
             value = getattr(self, name)
-            if not (isinstance(value, int) and value > 0):
+            if not (is_integer(value) and value > 0):
                 raise ValueError(f"MLPConfig.{name} must be a positive integer; got {value!r}.")
 
     @property
@@ -122,10 +137,6 @@ NORMS = ("batch", "group", "layer", "none")
 CNN_PLACEMENTS = ("before", "after")
 
 
-def positive_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value > 0
-
-
 @dataclass(frozen=True)
 class CNNConfig:
     """What the CNN looks like.
@@ -158,7 +169,7 @@ class CNNConfig:
     def __post_init__(self):
         if isinstance(self.channels, (list, tuple)):
             object.__setattr__(self, "channels", tuple(self.channels))
-        if not (isinstance(self.channels, tuple) and self.channels and all(positive_int(c) for c in self.channels)):
+        if not (isinstance(self.channels, tuple) and self.channels and all(is_integer(c) and c > 0 for c in self.channels)):
             raise ValueError(f"CNNConfig.channels must be one or more positive integers, e.g. (16, 32); got {self.channels!r}.")
         if self.norm not in NORMS:
             raise ValueError(f"CNNConfig.norm must be one of {NORMS}; got {self.norm!r}.")
@@ -170,7 +181,7 @@ class CNNConfig:
         if not (self.bias is None or isinstance(self.bias, bool)):
             raise ValueError(f"CNNConfig.bias must be True, False or None (automatic); got {self.bias!r}.")
         for name in ("groups", "kernel_size", "in_channels", "image_size", "num_classes"):
-            if not positive_int(getattr(self, name)):
+            if not (is_integer(getattr(self, name)) and getattr(self, name) > 0):
                 raise ValueError(f"CNNConfig.{name} must be a positive integer; got {getattr(self, name)!r}.")
         if self.kernel_size % 2 == 0:
             raise ValueError(f"CNNConfig.kernel_size must be odd (so that padding keeps the image size); got {self.kernel_size}.")
@@ -237,7 +248,7 @@ def build_model(config: MLPConfig | CNNConfig) -> nn.Sequential:
         return build_mlp(config)
     if isinstance(config, CNNConfig):
         return build_cnn(config)
-    raise ValueError(f"config must be an MLPConfig or a CNNConfig; got {type(config).__name__}.")
+    raise ValueError(f"build_model needs a bnlab.models.MLPConfig or CNNConfig; got {type(config).__name__}.")
 
 
 def count_parameters(model: nn.Module) -> int:

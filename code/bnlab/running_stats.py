@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import copy
 import math
-import pickle
 from dataclasses import dataclass
 
 import torch
@@ -26,9 +25,8 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from .data import BatchLoader, Dataset, Split
-from .experiments import cache_dir, read_json, run_key, write_json_atomic
 from .models import MLPConfig, build_mlp
-from .training import History, TrainConfig, accuracy, pick_device, seed_everything, train
+from .training import accuracy, pick_device, seed_everything
 
 # --- the update rule ---------------------------------------------------------------------------------------------
 
@@ -493,40 +491,3 @@ def early_accuracy(
         accuracy={k: tuple(v) for k, v in acc.items()},
         gap={k: tuple(v) for k, v in gap.items()},
     )
-
-
-# --- after training: a trained model, cached with its history ------------------------------------------------------
-
-
-def run_with_model(
-    model_config: MLPConfig,
-    train_config: TrainConfig,
-    data: Dataset,
-    *,
-    cache=None,
-    device: str | torch.device | None = None,
-) -> tuple[nn.Module, History]:
-    """Like ``bnlab.experiments.run``, and also the trained model: its weights are cached next to the history
-    (same key, ``model-<key>.pt``). The model comes back on ``device`` (auto-selected when ``None``)."""
-    device = pick_device(device)
-    key = run_key(model_config, train_config, data)
-    folder = cache_dir(cache)
-    history_path, weights_path = folder / f"run-{key}.json", folder / f"model-{key}.pt"
-    stored = read_json(history_path)
-    model = build_mlp(model_config)
-    if stored is not None and weights_path.exists():
-        try:
-            model.load_state_dict(torch.load(weights_path, map_location="cpu", weights_only=True))
-            return model.to(device), History.from_dict(stored)
-        except (RuntimeError, EOFError, OSError, pickle.UnpicklingError):
-            pass  # unreadable or stale weights: train again
-    seed_everything(train_config.seed)
-    model = build_mlp(model_config)
-    history = train(model, data, train_config, device=device, progress=False)
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = weights_path.with_name(f".{weights_path.name}.tmp")
-    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp)
-    tmp.replace(weights_path)
-    write_json_atomic(history_path, history.to_dict())
-    return model, history
-

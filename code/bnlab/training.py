@@ -37,7 +37,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .data import Dataset, Split
-from .models import MLPConfig, build_mlp
+from .models import build_model, is_finite_number, is_integer
 
 aten = torch.ops.aten
 
@@ -47,21 +47,41 @@ IGNORE_INDEX = -100  # F.cross_entropy's default
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """How to train. The defaults are the lecture's: plain SGD, lr 0.1, batch 256, 50 epochs, seed 123."""
+    """How to train. The defaults are the lecture's: plain SGD, lr 0.1, batch 256, 50 epochs, seed 123.
+
+    Attributes:
+        epochs, batch_size: how long and in which mini-batches (``drop_last``: a short last batch is skipped).
+        lr, momentum, weight_decay: ``torch.optim.SGD``'s settings (momentum 0 and weight decay 0: plain SGD).
+        seed: seeds the initialisation (``train_model``), the batch order and dropout.
+        eval_batch_size: batch size of the evaluations; it changes only speed and memory, never a result.
+        record_train_acc: also evaluate the whole training split after every epoch (``EpochStats.train_acc``);
+            that costs about a third of a run, so it is off by default and ``train_acc`` is then ``None``.
+    """
 
     epochs: int = 50
     batch_size: int = 256
     lr: float = 0.1
     seed: int = 123
     eval_batch_size: int = 1_000
+    weight_decay: float = 0.0
+    momentum: float = 0.0
+    record_train_acc: bool = False
 
     def __post_init__(self):
         for name in ("epochs", "batch_size", "eval_batch_size"):
             value = getattr(self, name)
-            if not (isinstance(value, int) and value > 0):
+            if not (is_integer(value) and value > 0):
                 raise ValueError(f"TrainConfig.{name} must be a positive integer; got {value!r}.")
-        if not (isinstance(self.lr, (int, float)) and self.lr > 0):
-            raise ValueError(f"TrainConfig.lr must be a positive number; got {self.lr!r}.")
+        if not (is_integer(self.seed) and 0 <= self.seed < 2**63):
+            raise ValueError(f"TrainConfig.seed must be an integer in [0, 2**63); got {self.seed!r}.")
+        if not (is_finite_number(self.lr) and self.lr > 0):
+            raise ValueError(f"TrainConfig.lr must be a finite positive number; got {self.lr!r}.")
+        if not (is_finite_number(self.weight_decay) and self.weight_decay >= 0):
+            raise ValueError(f"TrainConfig.weight_decay must be a finite number >= 0; got {self.weight_decay!r}.")
+        if not (is_finite_number(self.momentum) and 0 <= self.momentum < 1):
+            raise ValueError(f"TrainConfig.momentum must be a number in [0, 1); got {self.momentum!r}.")
+        if not isinstance(self.record_train_acc, bool):
+            raise ValueError(f"TrainConfig.record_train_acc must be True or False; got {self.record_train_acc!r}.")
 
 
 @dataclass(frozen=True)
@@ -90,23 +110,29 @@ class Engine:
 
 @dataclass(frozen=True)
 class EpochStats:
-    """One epoch: mean training loss over its mini-batches, accuracies in percent, wall-clock seconds."""
+    """One epoch: mean training loss over its mini-batches, accuracies in percent, wall-clock seconds.
+    ``train_acc`` is ``None`` unless ``TrainConfig.record_train_acc`` was on."""
 
     epoch: int
     loss: float
-    train_acc: float
+    train_acc: float | None
     val_acc: float
     seconds: float
 
 
 @dataclass
 class History:
-    """What happened in one training run."""
+    """What happened in one training run.
+
+    ``threads`` is the number of CPU threads a run on the CPU computed with (``None`` on a GPU): the CPU's
+    kernels split their sums by thread, so the same seed gives slightly different bits with 1 and 2 threads.
+    """
 
     dataset: str
     device: str
     epochs: list[EpochStats] = field(default_factory=list)
     test_acc: float | None = None
+    threads: int | None = None
 
     def column(self, name: str) -> list[float]:
         """One metric over the epochs, e.g. ``history.column("val_acc")``."""
@@ -123,9 +149,9 @@ class History:
     def table(self) -> str:
         """The per-epoch table, as the command line prints it."""
         lines = [f"{'epoch':>5}  {'loss':>8}  {'train %':>8}  {'val %':>8}  {'seconds':>8}"]
-        lines += [
-            f"{e.epoch:>5}  {e.loss:>8.4f}  {e.train_acc:>8.2f}  {e.val_acc:>8.2f}  {e.seconds:>8.2f}" for e in self.epochs
-        ]
+        for e in self.epochs:
+            train_acc = "-" if e.train_acc is None else f"{e.train_acc:.2f}"
+            lines.append(f"{e.epoch:>5}  {e.loss:>8.4f}  {train_acc:>8}  {e.val_acc:>8.2f}  {e.seconds:>8.2f}")
         if self.test_acc is not None:
             lines.append(f"test accuracy: {self.test_acc:.2f} %  ({self.dataset}, {self.device}, {self.seconds:.1f} s)")
         return "\n".join(lines)
@@ -135,7 +161,7 @@ class History:
 
     @classmethod
     def from_dict(cls, d: dict) -> "History":
-        return cls(d["dataset"], d["device"], [EpochStats(**e) for e in d["epochs"]], d["test_acc"])
+        return cls(d["dataset"], d["device"], [EpochStats(**e) for e in d["epochs"]], d["test_acc"], d.get("threads"))
 
 
 def pick_device(device: str | torch.device | None = None) -> torch.device:
@@ -227,9 +253,9 @@ class AutogradStep:
     Works for any model. With ``amp`` the forward pass runs under ``torch.autocast`` in bfloat16.
     """
 
-    def __init__(self, model: nn.Module, *, lr: float, amp: bool = False):
+    def __init__(self, model: nn.Module, *, lr: float, momentum: float = 0.0, weight_decay: float = 0.0, amp: bool = False):
         self.model = model
-        self.optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+        self.optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
         self.amp = amp
 
     def __call__(self, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
@@ -557,13 +583,14 @@ class FusedMLPStep:
                 p.grad = grad.clone()
 
 
-def make_step(model: nn.Module, *, lr: float, engine: Engine = Engine()):
-    """The fastest step that trains ``model`` exactly: ``FusedMLPStep`` where possible, else ``AutogradStep``."""
-    if engine.fused and not engine.amp:
+def make_step(model: nn.Module, *, lr: float, momentum: float = 0.0, weight_decay: float = 0.0, engine: Engine = Engine()):
+    """The fastest step that trains ``model`` exactly: ``FusedMLPStep`` where possible (plain SGD), else
+    ``AutogradStep``."""
+    if engine.fused and not engine.amp and momentum == 0 and weight_decay == 0:
         step = FusedMLPStep.for_model(model, lr=lr)
         if step is not None:
             return step
-    return AutogradStep(model, lr=lr, amp=engine.amp)
+    return AutogradStep(model, lr=lr, momentum=momentum, weight_decay=weight_decay, amp=engine.amp)
 
 
 def _mode_flags(model: nn.Module) -> tuple[bool, ...]:
@@ -661,37 +688,42 @@ def train(
     *,
     device: str | torch.device | None = None,
     progress: bool = True,
-    engine: Engine = Engine(),
+    engine: Engine | None = None,
 ) -> History:
-    """Train ``model`` on ``data.train`` with SGD; evaluate on train and validation after every epoch, on test
-    at the end. Batch order and dropout are seeded from ``config.seed``. The model is left in train mode.
-    ``engine`` says how the step runs (see ``Engine``); the default is the fastest exact one."""
+    """Train ``model`` on ``data.train`` with SGD; evaluate on validation (and, with ``config.record_train_acc``,
+    on train) after every epoch, on test at the end. Batch order and dropout are seeded from ``config.seed``.
+    The model is left in train mode. A run whose loss becomes inf or nan is recorded as it is, not stopped.
+    ``engine`` says how the step runs (see ``Engine``)."""
+    engine = Engine() if engine is None else engine
     if not isinstance(engine, Engine):
-        raise ValueError(f"engine must be a bnlab.training.Engine; got {type(engine).__name__}.")
+        raise ValueError(f"engine must be a bnlab.training.Engine or None; got {type(engine).__name__}.")
     device = pick_device(device)
     model.to(device)
     data = to_device(data, device)
     if config.batch_size > len(data.train):
         raise ValueError(f"batch_size {config.batch_size} is larger than the training split ({len(data.train)} examples).")
     model.train()
-    loop = StepLoop(model, make_step(model, lr=config.lr, engine=engine), data.train, config.batch_size, graphs=engine.cuda_graphs)
+    step = make_step(model, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay, engine=engine)
+    loop = StepLoop(model, step, data.train, config.batch_size, graphs=engine.cuda_graphs)
     torch.manual_seed(config.seed)  # dropout masks
     order_generator = torch.Generator().manual_seed(config.seed)  # batch order, as BatchLoader(seed=config.seed)
-    history = History(dataset=data.name, device=describe_device(device))
+    threads = torch.get_num_threads() if device.type == "cpu" else None
+    history = History(dataset=data.name, device=describe_device(device), threads=threads)
 
     bar = tqdm(range(1, config.epochs + 1), desc=f"training on {history.device}", disable=not progress, leave=False)
     for epoch in bar:
         start = time.perf_counter()
         model.train()
         loss_sum = loop.epoch(epoch_order(len(data.train), order_generator, device))
-        correct_train = count_correct(model, data.train, batch_size=config.eval_batch_size)
-        correct_val = count_correct(model, data.val, batch_size=config.eval_batch_size)
-        # One host synchronisation per epoch. float32 -> float64 is exact, so these equal three .item() calls.
-        loss_sum, correct_train, correct_val = torch.stack([loss_sum.double(), correct_train.double(), correct_val.double()]).tolist()
+        counts = [loss_sum.double(), count_correct(model, data.val, batch_size=config.eval_batch_size).double()]
+        if config.record_train_acc:
+            counts.append(count_correct(model, data.train, batch_size=config.eval_batch_size).double())
+        # One host synchronisation per epoch. float32 -> float64 is exact, so these equal .item() calls.
+        loss_sum, correct_val, *correct_train = torch.stack(counts).tolist()
         stats = EpochStats(
             epoch=epoch,
             loss=loss_sum / len(loop),
-            train_acc=100.0 * correct_train / len(data.train),
+            train_acc=100.0 * correct_train[0] / len(data.train) if correct_train else None,
             val_acc=100.0 * correct_val / len(data.val),
             seconds=time.perf_counter() - start,
         )
@@ -701,17 +733,21 @@ def train(
     return history
 
 
-def train_mlp(
-    model_config: MLPConfig,
+def train_model(
+    model_config,
     data: Dataset,
     config: TrainConfig = TrainConfig(),
     *,
     device: str | torch.device | None = None,
     progress: bool = True,
-    engine: Engine = Engine(),
+    engine: Engine | None = None,
 ) -> tuple[nn.Module, History]:
-    """Seed, build the MLP that ``model_config`` describes, train it; return the model and its history."""
+    """Seed, build the model that ``model_config`` describes (``bnlab.models.build_model``), train it; return the
+    model and its history."""
     seed_everything(config.seed)
-    model = build_mlp(model_config)
+    model = build_model(model_config)
     history = train(model, data, config, device=device, progress=progress, engine=engine)
     return model, history
+
+
+train_mlp = train_model  # the name the chapters first used

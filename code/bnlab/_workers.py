@@ -1,0 +1,114 @@
+"""Worker processes for ``bnlab.experiments``: each holds one data set and computes with a fixed number of threads.
+
+The data set is copied once into shared memory, which every worker maps (nothing big goes through a pipe).
+Workers start with ``forkserver`` where it exists, else ``spawn``: a fresh interpreter that imports ``bnlab``,
+safe in a notebook kernel (which ``fork`` is not). The function a worker runs must be importable from ``bnlab``.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import multiprocessing
+import os
+import warnings
+
+import torch
+
+from .data import Dataset, Split
+
+_data: Dataset | None = None  # in a worker: the data set every task uses
+
+
+@contextlib.contextmanager
+def using_threads(threads: int | None):
+    """Compute with ``threads`` CPU threads inside the block (``None``: leave the setting alone)."""
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _start(data: Dataset, threads: int) -> None:
+    global _data
+    torch.set_num_threads(threads)
+    _data = data
+
+
+def _ready() -> int:
+    return os.getpid()
+
+
+def _call(fn, task):
+    return fn(task, _data)
+
+
+def shared_copy(data: Dataset) -> Dataset:
+    """A copy of ``data`` in shared memory (the caller's tensors stay where they are)."""
+
+    def share(t: torch.Tensor) -> torch.Tensor:
+        return t.detach().cpu().clone().share_memory_()
+
+    return Dataset(data.name, *(Split(share(s.images), share(s.labels)) for s in (data.train, data.val, data.test)))
+
+
+def start(data: Dataset, workers: int, threads: int) -> concurrent.futures.ProcessPoolExecutor | None:
+    """``workers`` processes holding ``data``, or ``None``, with a warning, where processes cannot be started."""
+    method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+    pool = None
+    try:
+        pool = concurrent.futures.ProcessPoolExecutor(
+            workers, mp_context=multiprocessing.get_context(method), initializer=_start,
+            initargs=(shared_copy(data), threads),
+        )
+        pool.submit(_ready).result(timeout=600)
+        return pool
+    except (OSError, RuntimeError, NotImplementedError, ImportError, concurrent.futures.TimeoutError) as err:
+        if pool is not None:
+            stop(pool)
+        warnings.warn(
+            f"worker processes could not be started ({type(err).__name__}: {err}); running one after another in "
+            f"this process instead, with {threads} thread(s) each, as the workers would have.",
+            stacklevel=3,
+        )
+        return None
+
+
+def stop(pool: concurrent.futures.ProcessPoolExecutor) -> None:
+    """Stop the workers now, even in the middle of a task."""
+    terminate = getattr(pool, "terminate_workers", None)  # Python 3.14+
+    if terminate is not None:
+        terminate()
+        return
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in list((getattr(pool, "_processes", None) or {}).values()):  # before 3.14: no public way
+        process.terminate()
+
+
+def results(fn, tasks: list, data: Dataset, *, workers: int, threads: int | None):
+    """Yield ``(task, fn(task, data))`` for every task as it finishes: in ``workers`` processes with ``threads``
+    threads each, or in this process with ``threads`` threads when ``workers`` is 1, there is a single task, or
+    processes cannot be started. A worker's exception is raised here, with the worker's traceback as its cause."""
+    pool = start(data, min(workers, len(tasks)), threads) if workers > 1 and len(tasks) > 1 else None
+    if pool is None:
+        for task in tasks:
+            with using_threads(threads):
+                result = fn(task, data)
+            yield task, result
+        return
+    try:
+        futures = {pool.submit(_call, fn, task): task for task in tasks}
+        for future in concurrent.futures.as_completed(futures):
+            task = futures[future]
+            try:
+                result = future.result()
+            except BaseException as err:
+                if hasattr(err, "add_note"):  # Python 3.11+
+                    err.add_note(f"(raised in a worker process, running {task})")
+                raise
+            yield task, result
+    finally:
+        stop(pool)

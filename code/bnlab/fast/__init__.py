@@ -1,0 +1,2 @@
+"""Speed-ups beside the plain training loop, never inside it: ``stacked`` trains a configuration's seeds as one
+stacked model."""
