@@ -1,0 +1,445 @@
+"""BatchNorm in a CNN: per-channel statistics, small batches and other normalisers, fine-tuning, fusing.
+
+Topic code for the chapter *BatchNorm in a CNN*: every function computes and returns data; the chapter draws it.
+
+* ``statistic_groups`` and ``channel_statistics``: which values of an ``(N, C, H, W)`` activation share one mean
+  and variance under BatchNorm, LayerNorm-style, GroupNorm and InstanceNorm; and BatchNorm2d's per-channel
+  statistics on a model's real activations.
+* ``scaled_lr`` and ``batch_size_sweep``: train with batch sizes from 2 to 256 per normaliser, the learning rate
+  scaled linearly with the batch size; test accuracy in eval mode and the gap to train mode, per seed.
+* ``digit_tasks``, ``pretrained_state`` and ``finetune``: train on some digits, fine-tune on the others with small
+  batches, BatchNorm in train mode or frozen.
+* ``inference_times``: how long a forward pass takes, for models such as the unfused and the fused CNN.
+
+Runs that train are cached on disk (``bnlab.experiments``' cache folder), keyed on the model configuration, the
+training configuration, the data's fingerprint, the torch version and the CPU thread count, so that running a
+chapter again trains nothing.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, is_dataclass, replace
+
+import torch
+from torch import nn
+
+from .data import Dataset, Split
+from .experiments import cache_dir, run_many, write_json_atomic
+from .models import NORMS, CNNConfig
+from .modes import accuracy_in_mode, freeze_batchnorm, model_device, preserved_state
+from .training import TrainConfig, train
+
+CACHE_FORMAT = 1  # bump when the meaning of a cached result changes
+
+# --- which values share one mean and variance --------------------------------------------------------------------
+
+#: the normalisers compared in the chapter, and the dimensions of an (N, C, H, W) input each averages over
+AXES = {
+    "BatchNorm": "N, H, W (per channel)",
+    "LayerNorm-style": "C, H, W (per example)",
+    "GroupNorm": "C/G, H, W (per example and group of channels)",
+    "InstanceNorm": "H, W (per example and channel)",
+}
+
+
+def statistic_groups(kind: str, n: int, c: int, *, groups: int = 2) -> torch.Tensor:
+    """An ``(n, c)`` integer tensor: entry ``[i, j]`` is the id of the statistics (mean and variance) that slice
+    ``x[i, j, :, :]`` of an ``(n, c, H, W)`` input is normalised with; equal ids share them.
+
+    ``kind`` is one of ``AXES``: BatchNorm shares per channel across the batch, LayerNorm-style per example across
+    all channels, GroupNorm per example across each of ``groups`` equal groups of channels, InstanceNorm per example
+    and channel. Every kind averages over all ``H x W`` positions of the slices it joins.
+    """
+    if kind not in AXES:
+        raise ValueError(f"kind must be one of {tuple(AXES)}; got {kind!r}.")
+    if not (isinstance(n, int) and n > 0 and isinstance(c, int) and c > 0):
+        raise ValueError(f"n and c must be positive integers; got n={n!r}, c={c!r}.")
+    if kind == "GroupNorm" and not (isinstance(groups, int) and groups > 0 and c % groups == 0):
+        raise ValueError(f"groups must be a positive divisor of c={c}; got {groups!r}.")
+    example = torch.arange(n).view(n, 1).expand(n, c)
+    channel = torch.arange(c).view(1, c).expand(n, c)
+    if kind == "BatchNorm":
+        return channel.clone()
+    if kind == "LayerNorm-style":
+        return example.clone()
+    if kind == "GroupNorm":
+        return example * groups + channel // (c // groups)
+    return example * c + channel
+
+
+@dataclass(frozen=True)
+class ChannelStatistics:
+    """What one ``BatchNorm2d`` layer sees: the shape of its input, and per channel the mean and (biased) variance
+    over the batch and every position, with the layer's running estimates of the same."""
+
+    layer: str
+    input_shape: tuple[int, ...]
+    mean: torch.Tensor
+    var: torch.Tensor
+    running_mean: torch.Tensor
+    running_var: torch.Tensor
+
+    @property
+    def values_per_channel(self) -> int:
+        """``N * H * W``: how many numbers each channel's mean and variance are taken over."""
+        n, _, *spatial = self.input_shape
+        return n * math.prod(spatial)
+
+
+def batchnorm_inputs(model: nn.Module, images: torch.Tensor) -> dict[str, torch.Tensor]:
+    """``{name: input}`` for every ``BatchNorm2d`` of ``model``: what it receives when ``images`` run through the
+    model in eval mode. Nothing in the model changes."""
+    layers = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.BatchNorm2d)]
+    if not layers:
+        raise ValueError("model has no BatchNorm2d layer: build it with CNNConfig(norm='batch').")
+    inputs: dict[str, torch.Tensor] = {}
+    hooks = [m.register_forward_pre_hook(lambda m, args, name=name: inputs.setdefault(name, args[0])) for name, m in layers]
+    try:
+        with preserved_state(model), torch.inference_mode():
+            model.eval()
+            model(images.to(model_device(model)))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return {name: inputs[name].cpu() for name, _ in layers}
+
+
+def channel_statistics(model: nn.Module, images: torch.Tensor) -> list[ChannelStatistics]:
+    """For every ``BatchNorm2d`` in ``model``, the statistics of its real input when ``images`` are one batch,
+    over dimensions (0, 2, 3), as train mode would take them; and the layer's running statistics."""
+    modules = dict(model.named_modules())
+    return [
+        ChannelStatistics(
+            name, tuple(x.shape), x.mean(dim=(0, 2, 3)), x.var(dim=(0, 2, 3), correction=0),
+            modules[name].running_mean.detach().cpu().clone(), modules[name].running_var.detach().cpu().clone(),
+        )
+        for name, x in batchnorm_inputs(model, images).items()
+    ]
+
+
+def batch_mean_noise(model: nn.Module, images: torch.Tensor, batch_sizes: tuple[int, ...]) -> list[dict]:
+    """How far a batch's per-channel mean lies from the mean over all ``images``, at each batch size: for every
+    ``BatchNorm2d`` input and batch size ``B``, the images are cut into consecutive batches of ``B``, and the
+    standard deviation of the batch means is divided by the channel's standard deviation over all images and
+    positions (the median over channels is reported, as ``"noise"``).
+
+    ``"independent"`` is what that ratio would be if the ``B * H * W`` values were independent draws,
+    ``1 / sqrt(B * H * W)``: the values of one image are not, which is why a batch's statistics are much noisier
+    than the number of values suggests. One row per layer and batch size.
+    """
+    rows = []
+    for name, x in batchnorm_inputs(model, images).items():
+        n, c, h, w = x.shape
+        population_std = x.std(dim=(0, 2, 3))
+        for batch_size in batch_sizes:
+            if not (isinstance(batch_size, int) and 1 <= batch_size <= n // 2):
+                raise ValueError(f"every batch size must be an integer in 1..{n // 2} (two batches at least); got {batch_size!r}.")
+            k = n // batch_size
+            means = x[: k * batch_size].reshape(k, batch_size, c, h * w).mean(dim=(1, 3))  # (batches, channels)
+            ratio = means.std(dim=0) / population_std
+            rows.append({
+                "layer": name, "batch_size": batch_size, "values_per_channel": batch_size * h * w,
+                "noise": ratio.median().item(), "independent": (batch_size * h * w) ** -0.5,
+            })
+    return rows
+
+
+# --- cached measurements -----------------------------------------------------------------------------------------
+
+
+def cache_key(kind: str, **parts) -> str:
+    """A hash of everything that can change a result of ``kind``: ``parts`` (dataclasses are expanded, with their
+    type), the torch version and the CPU thread count (on the CPU, a different count can change the last bits)."""
+    spec = {
+        "kind": kind,
+        "format": CACHE_FORMAT,
+        "torch": torch.__version__.split("+")[0],
+        "threads": torch.get_num_threads(),
+        **{name: {"type": type(v).__name__, **asdict(v)} if is_dataclass(v) else v for name, v in parts.items()},
+    }
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def cached(kind: str, compute, cache: str | os.PathLike | None = None, **parts) -> dict:
+    """``compute()`` (a JSON-able dict), stored under a key of ``kind`` and ``parts``; from the cache when stored
+    (an unreadable entry is computed again)."""
+    path = cache_dir(cache) / f"{kind}-{cache_key(kind, **parts)}.json"
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
+        pass
+    result = compute()
+    write_json_atomic(path, result)
+    return result
+
+
+def weights_digest(model: nn.Module) -> str:
+    """A short hash of a model's parameters and buffers: equal digests, equal weights."""
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+# --- small batches: one run per normaliser, batch size and seed ---------------------------------------------------
+
+
+def scaled_lr(batch_size: int, *, base_lr: float = 0.1, base_batch: int = 256) -> float:
+    """The linear scaling rule (Goyal et al. 2017): ``base_lr * batch_size / base_batch``, capped at ``base_lr``.
+
+    Halving the batch halves the learning rate, which keeps the SGD noise scale ``lr / batch_size`` the same, so
+    that every batch size trains for the same epochs about equally far. The defaults are the rule's own, 0.1 at
+    batch size 256 (the lecture's rate and batch size too); the cap keeps a batch larger than ``base_batch`` at
+    ``base_lr``.
+    """
+    if not (isinstance(batch_size, int) and not isinstance(batch_size, bool) and batch_size > 0):
+        raise ValueError(f"batch_size must be a positive integer; got {batch_size!r}.")
+    return base_lr * min(batch_size, base_batch) / base_batch
+
+
+def train_mode_gap(model: nn.Module, split: Split, batch_size: int, *, cache: str | os.PathLike | None = None) -> dict:
+    """``{"eval_acc", "train_mode_acc"}``: the accuracy on ``split`` in eval mode (running statistics) and in train
+    mode in consecutive batches of ``batch_size`` (each batch normalised with its own statistics, as in training).
+    The model is left as it was. Cached, keyed on the weights."""
+
+    def compute() -> dict:
+        return {
+            "eval_acc": accuracy_in_mode(model, split, mode="eval"),
+            "train_mode_acc": accuracy_in_mode(model, split, mode="train", batch_size=max(batch_size, 2)),
+        }
+
+    return cached("gap", compute, cache, weights=weights_digest(model), batch_size=batch_size, n=len(split),
+                  images=Dataset("probe", split, split, split).fingerprint)
+
+
+@dataclass(frozen=True)
+class SweepRun:
+    """One training run of the batch-size sweep.
+
+    ``test_acc``: eval-mode accuracy on the whole test split. ``gap``: on the sweep's probe images (the first test
+    images), the accuracy in train mode, in batches of the training batch size, minus the accuracy in eval mode;
+    ``None`` for a model without BatchNorm, whose two modes compute the same thing.
+    """
+
+    norm: str
+    batch_size: int
+    seed: int
+    lr: float
+    test_acc: float
+    gap: float | None
+    loss: float
+
+
+def batch_size_sweep(
+    data: Dataset,
+    *,
+    norms: tuple[str, ...] = NORMS,
+    batch_sizes: tuple[int, ...] = (2, 8, 32, 256),
+    seeds: tuple[int, ...] = (1, 2, 3),
+    epochs: int = 2,
+    base_lr: float = 0.1,
+    momentum: float = 0.9,
+    model: CNNConfig = CNNConfig(),
+    probe_images: int = 2_000,
+    cache: str | os.PathLike | None = None,
+    device: str | torch.device | None = None,
+    workers: int | None = None,
+    progress: bool = True,
+) -> list[SweepRun]:
+    """One ``SweepRun`` per normaliser, batch size and seed: ``model`` with each ``norm``, trained for ``epochs``
+    with SGD (``momentum``) at ``scaled_lr(batch_size, base_lr=base_lr)``. The runs go through
+    ``bnlab.experiments`` (cached, seeds in parallel worker processes on the CPU: ``workers``)."""
+    if not (norms and batch_sizes and seeds):
+        raise ValueError("norms, batch_sizes and seeds must each hold at least one value.")
+    for norm in norms:
+        if norm not in NORMS:
+            raise ValueError(f"every norm must be one of {NORMS}; got {norm!r}.")
+    probe = data.test.head(probe_images)
+    runs = []
+    for batch_size in batch_sizes:
+        lr = scaled_lr(batch_size, base_lr=base_lr)
+        train_config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum)
+        variants = {f"{norm}, batch {batch_size}": replace(model, norm=norm) for norm in norms}
+        trained = run_many(variants, train_config, data, seeds, with_models=True, cache=cache, device=device,
+                           workers=workers, progress=progress)
+        for (label, config), results in zip(variants.items(), trained.values()):
+            for seed, (m, history) in zip(seeds, results):
+                gap = None
+                if config.norm == "batch":
+                    measured = train_mode_gap(m, probe, batch_size, cache=cache)
+                    gap = measured["train_mode_acc"] - measured["eval_acc"]
+                runs.append(SweepRun(config.norm, batch_size, seed, lr, history.test_acc, gap, history.final.loss))
+    return runs
+
+
+# --- fine-tuning with small batches ---------------------------------------------------------------------------------
+
+
+def digits(split: Split, keep: tuple[int, ...]) -> Split:
+    """The examples of ``split`` whose label is one of ``keep``, in their order."""
+    mask = torch.isin(split.labels, torch.tensor(keep, device=split.labels.device))
+    return Split(split.images[mask], split.labels[mask])
+
+
+def digit_tasks(
+    data: Dataset,
+    *,
+    old: tuple[int, ...] = (0, 1, 2, 3, 4),
+    new: tuple[int, ...] = (5, 6, 7, 8, 9),
+    finetune_samples: int = 1_000,
+) -> tuple[Dataset, Dataset]:
+    """Two tasks from one data set: the ``old`` digits (every split) and the ``new`` digits (the first
+    ``finetune_samples`` new-digit training images, and every new-digit validation and test image). The data sets'
+    names say which digits they hold."""
+    if set(old) & set(new):
+        raise ValueError(f"old and new digits must not overlap; both hold {sorted(set(old) & set(new))}.")
+    if not (isinstance(finetune_samples, int) and finetune_samples > 1):
+        raise ValueError(f"finetune_samples must be an integer above 1; got {finetune_samples!r}.")
+
+    def named(d: tuple[int, ...]) -> str:
+        return f"{data.name}, digits {min(d)}-{max(d)}" if list(d) == list(range(min(d), max(d) + 1)) else f"{data.name}, digits {d}"
+
+    old_data = Dataset(named(old), *(digits(s, old) for s in (data.train, data.val, data.test)))
+    new_train = digits(data.train, new).head(finetune_samples)
+    new_data = Dataset(named(new), new_train, digits(data.val, new), digits(data.test, new))
+    return old_data, new_data
+
+
+BN_MODES = ("train", "frozen")
+
+
+@dataclass(frozen=True)
+class FinetuneRun:
+    """One pretrained model fine-tuned one way: eval-mode test accuracies on the new and the old digits, before and
+    after fine-tuning, and the final training loss."""
+
+    seed: int
+    bn_mode: str
+    new_acc_before: float
+    old_acc_before: float
+    new_acc: float
+    old_acc: float
+    loss: float
+
+
+def finetune(
+    model: nn.Module,
+    new: Dataset,
+    old: Dataset,
+    train_config: TrainConfig,
+    *,
+    bn_mode: str,
+    cache: str | os.PathLike | None = None,
+    device: str | torch.device | None = None,
+) -> dict[str, float]:
+    """Fine-tune a copy of ``model`` on ``new`` with ``train_config``, its BatchNorm layers in train mode
+    (``bn_mode="train"``: batch statistics, running statistics updated) or frozen (``"frozen"``:
+    ``modes.freeze_batchnorm``, eval mode that survives ``model.train()``; gamma and beta still train).
+    ``model`` itself is not changed.
+
+    Returns the fields of ``FinetuneRun`` but the seed and mode. Cached, keyed on the weights too.
+    """
+    if bn_mode not in BN_MODES:
+        raise ValueError(f"bn_mode must be one of {BN_MODES}; got {bn_mode!r}.")
+
+    def compute() -> dict:
+        tuned = copy.deepcopy(model)
+        before = {"new_acc_before": accuracy_in_mode(tuned, new.test), "old_acc_before": accuracy_in_mode(tuned, old.test)}
+        if bn_mode == "frozen":
+            freeze_batchnorm(tuned)
+        history = train(tuned, new, train_config, device=device, progress=False)
+        return {**before, "new_acc": history.test_acc, "old_acc": accuracy_in_mode(tuned, old.test), "loss": history.final.loss}
+
+    return cached("finetune", compute, cache, weights=weights_digest(model), train=train_config, new=new.fingerprint,
+                  old=old.fingerprint, bn_mode=bn_mode)
+
+
+def finetune_comparison(
+    data: Dataset,
+    *,
+    pretrain: TrainConfig,
+    finetune_config: TrainConfig,
+    seeds: tuple[int, ...],
+    model: CNNConfig = CNNConfig(),
+    old: tuple[int, ...] = (0, 1, 2, 3, 4),
+    new: tuple[int, ...] = (5, 6, 7, 8, 9),
+    finetune_samples: int = 1_000,
+    cache: str | os.PathLike | None = None,
+    device: str | torch.device | None = None,
+    workers: int | None = None,
+    progress: bool = True,
+) -> list[FinetuneRun]:
+    """Per seed: pretrain ``model`` on the ``old`` digits of ``data`` with ``pretrain`` (through
+    ``bnlab.experiments``: cached, seeds in parallel), then fine-tune it on ``finetune_samples`` images of the
+    ``new`` digits with ``finetune_config`` (its seed replaced by the run's), once per ``BN_MODES`` entry."""
+    old_data, new_data = digit_tasks(data, old=old, new=new, finetune_samples=finetune_samples)
+    pretrained = run_many({"pretrained": model}, pretrain, old_data, seeds, with_models=True, cache=cache,
+                          device=device, workers=workers, progress=progress)["pretrained"]
+    runs = []
+    for seed, (m, _) in zip(seeds, pretrained):
+        for bn_mode in BN_MODES:
+            result = finetune(m, new_data, old_data, replace(finetune_config, seed=seed), bn_mode=bn_mode, cache=cache,
+                              device=device)
+            runs.append(FinetuneRun(seed, bn_mode, **result))
+    return runs
+
+
+# --- inference speed ------------------------------------------------------------------------------------------------
+
+
+@torch.inference_mode()
+def inference_times(
+    models: dict[str, nn.Module],
+    images: torch.Tensor,
+    *,
+    batch_sizes: tuple[int, ...] = (1, 256),
+    rounds: int = 5,
+    min_seconds: float = 0.05,
+) -> list[dict]:
+    """Time an eval-mode forward pass of every model at every batch size; return one row per batch size and
+    model: ``{"batch_size", "model", "ms"}`` (milliseconds per batch, the fastest of ``rounds`` rounds) and
+    ``"ratio"`` (its time over the first model's at that batch size).
+
+    The models take turns within each round, so that a slow stretch of a shared machine hits them alike; each
+    timing repeats the forward pass for at least ``min_seconds``. A measurement of this machine at this moment:
+    nothing else depends on it. The models are put in eval mode and left there.
+    """
+    if not models:
+        raise ValueError("models is empty: give at least one {label: model}.")
+    if not (isinstance(rounds, int) and rounds > 0):
+        raise ValueError(f"rounds must be a positive integer; got {rounds!r}.")
+    rows = []
+    for batch_size in batch_sizes:
+        if not (isinstance(batch_size, int) and 0 < batch_size <= len(images)):
+            raise ValueError(f"every batch size must be an integer in 1..{len(images)} (the images given); got {batch_size!r}.")
+        batch = images[:batch_size]
+        for model in models.values():
+            model.eval()
+            model(batch)  # warm-up: first calls allocate and pick kernels
+        repeats = {label: max(1, _repeats_for(model, batch, min_seconds)) for label, model in models.items()}
+        best = dict.fromkeys(models, float("inf"))
+        for _ in range(rounds):
+            for label, model in models.items():
+                start = time.perf_counter()
+                for _ in range(repeats[label]):
+                    model(batch)
+                best[label] = min(best[label], (time.perf_counter() - start) / repeats[label])
+        first = next(iter(models))
+        rows += [
+            {"batch_size": batch_size, "model": label, "ms": 1e3 * best[label], "ratio": best[label] / best[first]}
+            for label in models
+        ]
+    return rows
+
+
+def _repeats_for(model: nn.Module, batch: torch.Tensor, min_seconds: float) -> int:
+    start = time.perf_counter()
+    model(batch)
+    return int(min_seconds / max(time.perf_counter() - start, 1e-6)) + 1
