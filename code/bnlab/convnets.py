@@ -2,18 +2,19 @@
 
 Topic code for the chapter *BatchNorm in a CNN*: every function computes and returns data; the chapter draws it.
 
-* ``statistic_groups`` and ``channel_statistics``: which values of an ``(N, C, H, W)`` activation share one mean
-  and variance under BatchNorm, LayerNorm-style, GroupNorm and InstanceNorm; and BatchNorm2d's per-channel
-  statistics on a model's real activations.
+* ``statistic_groups``, ``channel_statistics`` and ``batch_mean_noise``: which values of an ``(N, C, H, W)``
+  activation share one mean and variance under BatchNorm, LayerNorm-style, GroupNorm and InstanceNorm; BatchNorm2d's
+  per-channel statistics on a model's real activations, and how noisy they are at each batch size.
 * ``scaled_lr`` and ``batch_size_sweep``: train with batch sizes from 2 to 256 per normaliser, the learning rate
   scaled linearly with the batch size; test accuracy in eval mode and the gap to train mode, per seed.
-* ``digit_tasks``, ``pretrained_state`` and ``finetune``: train on some digits, fine-tune on the others with small
-  batches, BatchNorm in train mode or frozen.
+* ``digit_tasks`` and ``finetune_comparison``: train on some digits, fine-tune on the others with small batches,
+  BatchNorm in train mode or frozen.
 * ``inference_times``: how long a forward pass takes, for models such as the unfused and the fused CNN.
 
-Runs that train are cached on disk (``bnlab.experiments``' cache folder), keyed on the model configuration, the
-training configuration, the data's fingerprint, the torch version and the CPU thread count, so that running a
-chapter again trains nothing.
+Training runs go through ``bnlab.experiments`` (cached, seeds in parallel worker processes on the CPU); what is
+measured on a trained model, and fine-tuning, is cached beside them (``cached``), keyed on the weights, the
+settings, the data's fingerprint, the torch version and the CPU thread count, so that running a chapter again
+trains nothing.
 """
 
 from __future__ import annotations
@@ -32,10 +33,48 @@ from torch import nn
 from .data import Dataset, Split
 from .experiments import cache_dir, run_many, write_json_atomic
 from .models import NORMS, CNNConfig
-from .modes import accuracy_in_mode, freeze_batchnorm, model_device, preserved_state
+from .modes import accuracy_in_mode, batchnorm_layers, freeze_batchnorm, model_device, preserved_state
 from .training import TrainConfig, train
 
 CACHE_FORMAT = 1  # bump when the meaning of a cached result changes
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """How big the chapter's experiments are. Every run trains with SGD, momentum 0.9, at ``scaled_lr``.
+
+    Attributes:
+        train_samples: training images for the placement runs and the pretraining (``None``: the whole split).
+        epochs, batch_size: of the placement runs and the pretraining.
+        sweep_samples, sweep_epochs, sweep_batch_sizes: the batch-size sweep's training images, epochs, sizes.
+        probe_images: test images on which the sweep compares train mode with eval mode.
+        finetune_samples, finetune_epochs, finetune_batch_size: fine-tuning on the new digits.
+    """
+
+    train_samples: int | None
+    epochs: int
+    batch_size: int
+    sweep_samples: int
+    sweep_epochs: int
+    sweep_batch_sizes: tuple[int, ...]
+    probe_images: int
+    finetune_samples: int
+    finetune_epochs: int
+    finetune_batch_size: int
+
+
+#: by run profile (``bnlab.profiles``): ``full`` for the book, ``ci`` to test the chapter in a minute or two
+SIZES = {
+    "full": Sizes(None, 1, 64, 3_000, 2, (2, 8, 32, 256), 2_000, 1_000, 2, 2),
+    "ci": Sizes(2_000, 1, 64, 256, 1, (2, 16, 128), 500, 100, 1, 2),
+}
+
+
+def sizes_for(profile_name: str) -> Sizes:
+    """The chapter's ``Sizes`` in the run profile ``profile_name`` (``"full"`` or ``"ci"``)."""
+    if profile_name not in SIZES:
+        raise ValueError(f"profile_name must be one of {sorted(SIZES)}; got {profile_name!r}.")
+    return SIZES[profile_name]
 
 # --- which values share one mean and variance --------------------------------------------------------------------
 
@@ -101,7 +140,7 @@ def batchnorm_inputs(model: nn.Module, images: torch.Tensor) -> dict[str, torch.
     inputs: dict[str, torch.Tensor] = {}
     hooks = [m.register_forward_pre_hook(lambda m, args, name=name: inputs.setdefault(name, args[0])) for name, m in layers]
     try:
-        with preserved_state(model), torch.inference_mode():
+        with preserved_state(model), torch.no_grad():  # not inference_mode: the inputs may go through autograd later
             model.eval()
             model(images.to(model_device(model)))
     finally:
@@ -317,22 +356,20 @@ BN_MODES = ("train", "frozen")
 
 @dataclass(frozen=True)
 class FinetuneRun:
-    """One pretrained model fine-tuned one way: eval-mode test accuracies on the new and the old digits, before and
-    after fine-tuning, and the final training loss."""
+    """One pretrained model fine-tuned one way: the eval-mode test accuracy on the new digits after fine-tuning, the
+    final training loss, and how far fine-tuning moved the BatchNorm layers' running means (the largest absolute
+    change of any channel's)."""
 
     seed: int
     bn_mode: str
-    new_acc_before: float
-    old_acc_before: float
     new_acc: float
-    old_acc: float
     loss: float
+    stats_shift: float
 
 
 def finetune(
     model: nn.Module,
     new: Dataset,
-    old: Dataset,
     train_config: TrainConfig,
     *,
     bn_mode: str,
@@ -344,21 +381,25 @@ def finetune(
     ``modes.freeze_batchnorm``, eval mode that survives ``model.train()``; gamma and beta still train).
     ``model`` itself is not changed.
 
-    Returns the fields of ``FinetuneRun`` but the seed and mode. Cached, keyed on the weights too.
+    Returns the fields of ``FinetuneRun`` but the seed and the mode. Cached, keyed on the weights too.
     """
     if bn_mode not in BN_MODES:
         raise ValueError(f"bn_mode must be one of {BN_MODES}; got {bn_mode!r}.")
 
     def compute() -> dict:
         tuned = copy.deepcopy(model)
-        before = {"new_acc_before": accuracy_in_mode(tuned, new.test), "old_acc_before": accuracy_in_mode(tuned, old.test)}
         if bn_mode == "frozen":
             freeze_batchnorm(tuned)
         history = train(tuned, new, train_config, device=device, progress=False)
-        return {**before, "new_acc": history.test_acc, "old_acc": accuracy_in_mode(tuned, old.test), "loss": history.final.loss}
+        shift = max(
+            ((a.running_mean.cpu() - b.running_mean.cpu()).abs().max().item()
+             for a, b in zip(batchnorm_layers(tuned), batchnorm_layers(model))),
+            default=0.0,
+        )
+        return {"new_acc": history.test_acc, "loss": history.final.loss, "stats_shift": shift}
 
     return cached("finetune", compute, cache, weights=weights_digest(model), train=train_config, new=new.fingerprint,
-                  old=old.fingerprint, bn_mode=bn_mode)
+                  bn_mode=bn_mode)
 
 
 def finetune_comparison(
@@ -385,7 +426,7 @@ def finetune_comparison(
     runs = []
     for seed, (m, _) in zip(seeds, pretrained):
         for bn_mode in BN_MODES:
-            result = finetune(m, new_data, old_data, replace(finetune_config, seed=seed), bn_mode=bn_mode, cache=cache,
+            result = finetune(m, new_data, replace(finetune_config, seed=seed), bn_mode=bn_mode, cache=cache,
                               device=device)
             runs.append(FinetuneRun(seed, bn_mode, **result))
     return runs
@@ -400,16 +441,16 @@ def inference_times(
     images: torch.Tensor,
     *,
     batch_sizes: tuple[int, ...] = (1, 256),
-    rounds: int = 5,
+    rounds: int = 7,
     min_seconds: float = 0.05,
 ) -> list[dict]:
     """Time an eval-mode forward pass of every model at every batch size; return one row per batch size and
     model: ``{"batch_size", "model", "ms"}`` (milliseconds per batch, the fastest of ``rounds`` rounds) and
     ``"ratio"`` (its time over the first model's at that batch size).
 
-    The models take turns within each round, so that a slow stretch of a shared machine hits them alike; each
-    timing repeats the forward pass for at least ``min_seconds``. A measurement of this machine at this moment:
-    nothing else depends on it. The models are put in eval mode and left there.
+    The models take turns within each round, so that a slow stretch of a shared machine hits them alike; in each
+    turn a model runs forward passes for ``min_seconds`` (at least one) and the mean time of one is kept. A
+    measurement of this machine at this moment: nothing else depends on it. The models are put in eval mode.
     """
     if not models:
         raise ValueError("models is empty: give at least one {label: model}.")
@@ -423,14 +464,16 @@ def inference_times(
         for model in models.values():
             model.eval()
             model(batch)  # warm-up: first calls allocate and pick kernels
-        repeats = {label: max(1, _repeats_for(model, batch, min_seconds)) for label, model in models.items()}
+            _synchronize(batch.device)
         best = dict.fromkeys(models, float("inf"))
         for _ in range(rounds):
             for label, model in models.items():
-                start = time.perf_counter()
-                for _ in range(repeats[label]):
+                calls, start = 0, time.perf_counter()
+                while calls == 0 or time.perf_counter() - start < min_seconds:
                     model(batch)
-                best[label] = min(best[label], (time.perf_counter() - start) / repeats[label])
+                    calls += 1
+                    _synchronize(batch.device)
+                best[label] = min(best[label], (time.perf_counter() - start) / calls)
         first = next(iter(models))
         rows += [
             {"batch_size": batch_size, "model": label, "ms": 1e3 * best[label], "ratio": best[label] / best[first]}
@@ -439,7 +482,7 @@ def inference_times(
     return rows
 
 
-def _repeats_for(model: nn.Module, batch: torch.Tensor, min_seconds: float) -> int:
-    start = time.perf_counter()
-    model(batch)
-    return int(min_seconds / max(time.perf_counter() - start, 1e-6)) + 1
+def _synchronize(device: torch.device) -> None:
+    """Wait for the GPU's queued work (a CUDA call returns before the work is done); nothing on the CPU."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
