@@ -210,7 +210,8 @@ def test_finetune_leaves_the_pretrained_model_alone_and_checks_the_mode(small_da
     _, new = convnets.digit_tasks(small_data, finetune_samples=20)
     result = convnets.finetune(model, new, TrainConfig(epochs=1, batch_size=4, lr=0.01), bn_mode="train",
                                cache=tmp_path, device="cpu")
-    assert set(result) == {"new_acc", "loss", "stats_shift"}
+    assert set(result) == {"new_acc", "loss", "stats_shift", "mismatch"}
+    assert result["mismatch"] > 0
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     with pytest.raises(ValueError, match="bn_mode must be one of"):
         convnets.finetune(model, new, TrainConfig(), bn_mode="eval")
@@ -240,6 +241,8 @@ def test_the_ci_sizes_are_smaller_than_the_full_ones():
     assert ci.sweep_samples * ci.sweep_epochs < full.sweep_samples * full.sweep_epochs
     assert min(full.sweep_batch_sizes) == 2 and max(full.sweep_batch_sizes) == 256
     assert all(size <= ci.sweep_samples for size in ci.sweep_batch_sizes)
+    for sizes in (full, ci):
+        assert sizes.reference_batch_size in sizes.sweep_batch_sizes
 
 
 def test_sizes_for_each_profile_and_a_clear_error_for_others():

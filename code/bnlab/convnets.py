@@ -26,15 +26,18 @@ import math
 import os
 import time
 from dataclasses import asdict, dataclass, is_dataclass, replace
+from pathlib import Path
 
 import torch
 from torch import nn
 
+from . import _workers
+from ._workers import using_threads
 from .data import Dataset, Split
-from .experiments import cache_dir, run_many, write_json_atomic
-from .models import NORMS, CNNConfig
+from .experiments import cache_dir, run_many, run_threads, seed_workers, write_json_atomic
+from .models import NORMS, CNNConfig, build_model
 from .modes import accuracy_in_mode, batchnorm_layers, freeze_batchnorm, model_device, preserved_state
-from .training import TrainConfig, train
+from .training import TrainConfig, pick_device, train
 
 CACHE_FORMAT = 1  # bump when the meaning of a cached result changes
 
@@ -47,6 +50,7 @@ class Sizes:
         train_samples: training images for the placement runs and the pretraining (``None``: the whole split).
         epochs, batch_size: of the placement runs and the pretraining.
         sweep_samples, sweep_epochs, sweep_batch_sizes: the batch-size sweep's training images, epochs, sizes.
+        reference_batch_size: the sweep's batch size that small batches are compared with.
         probe_images: test images on which the sweep compares train mode with eval mode.
         finetune_samples, finetune_epochs, finetune_batch_size: fine-tuning on the new digits.
     """
@@ -57,6 +61,7 @@ class Sizes:
     sweep_samples: int
     sweep_epochs: int
     sweep_batch_sizes: tuple[int, ...]
+    reference_batch_size: int
     probe_images: int
     finetune_samples: int
     finetune_epochs: int
@@ -65,8 +70,8 @@ class Sizes:
 
 #: by run profile (``bnlab.profiles``): ``full`` for the book, ``ci`` to test the chapter in a minute or two
 SIZES = {
-    "full": Sizes(None, 1, 64, 3_000, 2, (2, 8, 32, 256), 2_000, 1_000, 2, 2),
-    "ci": Sizes(2_000, 1, 64, 256, 1, (2, 16, 128), 500, 100, 1, 2),
+    "full": Sizes(None, 1, 64, 3_000, 2, (2, 8, 32, 256), 32, 2_000, 1_000, 2, 2),
+    "ci": Sizes(2_000, 1, 64, 256, 1, (2, 16, 128), 16, 500, 100, 1, 2),
 }
 
 
@@ -138,7 +143,9 @@ def batchnorm_inputs(model: nn.Module, images: torch.Tensor) -> dict[str, torch.
     if not layers:
         raise ValueError("model has no BatchNorm2d layer: build it with CNNConfig(norm='batch').")
     inputs: dict[str, torch.Tensor] = {}
-    hooks = [m.register_forward_pre_hook(lambda m, args, name=name: inputs.setdefault(name, args[0])) for name, m in layers]
+    hooks = [
+        m.register_forward_pre_hook(lambda m, args, name=name: inputs.setdefault(name, args[0])) for name, m in layers
+    ]
     try:
         with preserved_state(model), torch.no_grad():  # not inference_mode: the inputs may go through autograd later
             model.eval()
@@ -178,7 +185,9 @@ def batch_mean_noise(model: nn.Module, images: torch.Tensor, batch_sizes: tuple[
         population_std = x.std(dim=(0, 2, 3))
         for batch_size in batch_sizes:
             if not (isinstance(batch_size, int) and 1 <= batch_size <= n // 2):
-                raise ValueError(f"every batch size must be an integer in 1..{n // 2} (two batches at least); got {batch_size!r}.")
+                raise ValueError(
+                    f"every batch size must be an integer in 1..{n // 2} (two batches at least); got {batch_size!r}."
+                )
             k = n // batch_size
             means = x[: k * batch_size].reshape(k, batch_size, c, h * w).mean(dim=(1, 3))  # (batches, channels)
             ratio = means.std(dim=0) / population_std
@@ -192,27 +201,35 @@ def batch_mean_noise(model: nn.Module, images: torch.Tensor, batch_sizes: tuple[
 # --- cached measurements -----------------------------------------------------------------------------------------
 
 
-def cache_key(kind: str, **parts) -> str:
-    """A hash of everything that can change a result of ``kind``: ``parts`` (dataclasses are expanded, with their
-    type), the torch version and the CPU thread count (on the CPU, a different count can change the last bits)."""
+def cache_path(kind: str, cache: str | os.PathLike | None = None, *, threads: int | None = None, **parts) -> Path:
+    """Where a result of ``kind`` is cached: a hash of everything that can change it, ``parts`` (dataclasses are
+    expanded, with their type), the torch version and the CPU threads it is computed with (default: the current
+    count; on the CPU, a different count can change the last bits)."""
     spec = {
         "kind": kind,
         "format": CACHE_FORMAT,
         "torch": torch.__version__.split("+")[0],
-        "threads": torch.get_num_threads(),
+        "threads": torch.get_num_threads() if threads is None else threads,
         **{name: {"type": type(v).__name__, **asdict(v)} if is_dataclass(v) else v for name, v in parts.items()},
     }
-    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:24]
+    key = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:24]
+    return cache_dir(cache) / f"{kind}-{key}.json"
 
 
-def cached(kind: str, compute, cache: str | os.PathLike | None = None, **parts) -> dict:
-    """``compute()`` (a JSON-able dict), stored under a key of ``kind`` and ``parts``; from the cache when stored
-    (an unreadable entry is computed again)."""
-    path = cache_dir(cache) / f"{kind}-{cache_key(kind, **parts)}.json"
+def read_cached(path: Path) -> dict | None:
+    """The result stored at ``path``, or ``None`` if there is none or it is unreadable (then it is recomputed)."""
     try:
         return json.loads(path.read_text())
     except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
-        pass
+        return None
+
+
+def cached(kind: str, compute, cache: str | os.PathLike | None = None, **parts) -> dict:
+    """``compute()`` (a JSON-able dict), stored under a key of ``kind`` and ``parts``; from the cache when stored."""
+    path = cache_path(kind, cache, **parts)
+    stored = read_cached(path)
+    if stored is not None:
+        return stored
     result = compute()
     write_json_atomic(path, result)
     return result
@@ -287,6 +304,7 @@ def batch_size_sweep(
     momentum: float = 0.9,
     model: CNNConfig = CNNConfig(),
     probe_images: int = 2_000,
+    val_images: int | None = 1_000,
     cache: str | os.PathLike | None = None,
     device: str | torch.device | None = None,
     workers: int | None = None,
@@ -294,13 +312,17 @@ def batch_size_sweep(
 ) -> list[SweepRun]:
     """One ``SweepRun`` per normaliser, batch size and seed: ``model`` with each ``norm``, trained for ``epochs``
     with SGD (``momentum``) at ``scaled_lr(batch_size, base_lr=base_lr)``. The runs go through
-    ``bnlab.experiments`` (cached, seeds in parallel worker processes on the CPU: ``workers``)."""
+    ``bnlab.experiments`` (cached, seeds in parallel worker processes on the CPU: ``workers``); the gaps are
+    measured here, with as many CPU threads as each worker had. ``val_images``: see ``shorter_validation``."""
     if not (norms and batch_sizes and seeds):
         raise ValueError("norms, batch_sizes and seeds must each hold at least one value.")
     for norm in norms:
         if norm not in NORMS:
             raise ValueError(f"every norm must be one of {NORMS}; got {norm!r}.")
+    data = shorter_validation(data, val_images)
     probe = data.test.head(probe_images)
+    device = pick_device(device)
+    threads = run_threads(device, max(1, torch.get_num_threads() // seed_workers(workers, device)))
     runs = []
     for batch_size in batch_sizes:
         lr = scaled_lr(batch_size, base_lr=base_lr)
@@ -312,7 +334,8 @@ def batch_size_sweep(
             for seed, (m, history) in zip(seeds, results):
                 gap = None
                 if config.norm == "batch":
-                    measured = train_mode_gap(m, probe, batch_size, cache=cache)
+                    with using_threads(threads):
+                        measured = train_mode_gap(m, probe, batch_size, cache=cache)
                     gap = measured["train_mode_acc"] - measured["eval_acc"]
                 runs.append(SweepRun(config.norm, batch_size, seed, lr, history.test_acc, gap, history.final.loss))
     return runs
@@ -343,7 +366,8 @@ def digit_tasks(
         raise ValueError(f"finetune_samples must be an integer above 1; got {finetune_samples!r}.")
 
     def named(d: tuple[int, ...]) -> str:
-        return f"{data.name}, digits {min(d)}-{max(d)}" if list(d) == list(range(min(d), max(d) + 1)) else f"{data.name}, digits {d}"
+        consecutive = list(d) == list(range(min(d), max(d) + 1))
+        return f"{data.name}, digits {min(d)}-{max(d)}" if consecutive else f"{data.name}, digits {d}"
 
     old_data = Dataset(named(old), *(digits(s, old) for s in (data.train, data.val, data.test)))
     new_train = digits(data.train, new).head(finetune_samples)
@@ -351,20 +375,39 @@ def digit_tasks(
     return old_data, new_data
 
 
+def shorter_validation(data: Dataset, val_images: int | None) -> Dataset:
+    """``data`` with its validation split cut to the first ``val_images`` images (``None``: unchanged). For runs
+    that evaluate the validation split every epoch and report none of it: the name stays, as the training and
+    test images, which results are reported on, are the same."""
+    if val_images is None:
+        return data
+    if not (isinstance(val_images, int) and not isinstance(val_images, bool) and val_images > 0):
+        raise ValueError(f"val_images must be a positive integer or None; got {val_images!r}.")
+    return Dataset(data.name, data.train, data.val.head(val_images), data.test)
+
+
 BN_MODES = ("train", "frozen")
 
 
 @dataclass(frozen=True)
 class FinetuneRun:
-    """One pretrained model fine-tuned one way: the eval-mode test accuracy on the new digits after fine-tuning, the
-    final training loss, and how far fine-tuning moved the BatchNorm layers' running means (the largest absolute
-    change of any channel's)."""
+    """One pretrained model fine-tuned one way.
+
+    Attributes:
+        new_acc: eval-mode test accuracy on the new digits after fine-tuning.
+        loss: the final epoch's mean training loss.
+        stats_shift: how far fine-tuning moved the BatchNorm layers' running means (largest change of a channel's).
+        mismatch: how far the new digits' statistics lay from the pretrained running statistics before
+            fine-tuning: the largest ``|mean - running_mean| / sqrt(running_var)`` of any channel, the new training
+            images taken as one batch.
+    """
 
     seed: int
     bn_mode: str
     new_acc: float
     loss: float
     stats_shift: float
+    mismatch: float
 
 
 def finetune(
@@ -385,21 +428,56 @@ def finetune(
     """
     if bn_mode not in BN_MODES:
         raise ValueError(f"bn_mode must be one of {BN_MODES}; got {bn_mode!r}.")
+    path = cache_path("finetune", cache, weights=weights_digest(model), train=train_config, new=new.fingerprint,
+                      bn_mode=bn_mode)
+    stored = read_cached(path)
+    if stored is not None:
+        return stored
+    result = _finetuned(model, new, train_config, bn_mode, device)
+    write_json_atomic(path, result)
+    return result
 
-    def compute() -> dict:
-        tuned = copy.deepcopy(model)
-        if bn_mode == "frozen":
-            freeze_batchnorm(tuned)
-        history = train(tuned, new, train_config, device=device, progress=False)
-        shift = max(
-            ((a.running_mean.cpu() - b.running_mean.cpu()).abs().max().item()
-             for a, b in zip(batchnorm_layers(tuned), batchnorm_layers(model))),
-            default=0.0,
-        )
-        return {"new_acc": history.test_acc, "loss": history.final.loss, "stats_shift": shift}
 
-    return cached("finetune", compute, cache, weights=weights_digest(model), train=train_config, new=new.fingerprint,
-                  bn_mode=bn_mode)
+def _finetuned(model: nn.Module, new: Dataset, train_config: TrainConfig, bn_mode: str, device) -> dict[str, float]:
+    mismatch = max(
+        ((s.mean - s.running_mean).abs() / s.running_var.sqrt()).max().item()
+        for s in channel_statistics(model, new.train.images)
+    )
+    tuned = copy.deepcopy(model)
+    if bn_mode == "frozen":
+        freeze_batchnorm(tuned)
+    history = train(tuned, new, train_config, device=device, progress=False)
+    shift = max(
+        ((a.running_mean.cpu() - b.running_mean.cpu()).abs().max().item()
+         for a, b in zip(batchnorm_layers(tuned), batchnorm_layers(model))),
+        default=0.0,
+    )
+    return {"new_acc": history.test_acc, "loss": history.final.loss, "stats_shift": shift, "mismatch": mismatch}
+
+
+@dataclass(frozen=True)
+class _FinetuneTask:
+    """One fine-tuning run, as a worker process receives it."""
+
+    seed: int
+    bn_mode: str
+    model: CNNConfig
+    state: dict
+    train_config: TrainConfig
+    path: Path
+    device: str
+
+    def __str__(self) -> str:
+        return f"fine-tuning seed {self.seed} with BatchNorm {self.bn_mode}"
+
+
+def _finetune_task(task: _FinetuneTask, new: Dataset) -> dict[str, float]:
+    """What a worker runs: rebuild the pretrained model, fine-tune it, store the result."""
+    model = build_model(task.model)
+    model.load_state_dict(task.state)
+    result = _finetuned(model, new, task.train_config, task.bn_mode, task.device)
+    write_json_atomic(task.path, result)
+    return result
 
 
 def finetune_comparison(
@@ -412,24 +490,39 @@ def finetune_comparison(
     old: tuple[int, ...] = (0, 1, 2, 3, 4),
     new: tuple[int, ...] = (5, 6, 7, 8, 9),
     finetune_samples: int = 1_000,
+    val_images: int | None = 1_000,
     cache: str | os.PathLike | None = None,
     device: str | torch.device | None = None,
     workers: int | None = None,
     progress: bool = True,
 ) -> list[FinetuneRun]:
-    """Per seed: pretrain ``model`` on the ``old`` digits of ``data`` with ``pretrain`` (through
-    ``bnlab.experiments``: cached, seeds in parallel), then fine-tune it on ``finetune_samples`` images of the
-    ``new`` digits with ``finetune_config`` (its seed replaced by the run's), once per ``BN_MODES`` entry."""
+    """Per seed: pretrain ``model`` on the ``old`` digits of ``data`` with ``pretrain``, then fine-tune it on
+    ``finetune_samples`` images of the ``new`` digits with ``finetune_config`` (its seed replaced by the run's),
+    once per ``BN_MODES`` entry. Both stages are cached and run their seeds in parallel worker processes on the CPU,
+    as ``bnlab.experiments.run_many`` does. ``val_images`` cuts the validation splits, which the runs evaluate
+    every epoch and nothing here reports, to their first that many images (``None``: keep them whole)."""
     old_data, new_data = digit_tasks(data, old=old, new=new, finetune_samples=finetune_samples)
+    old_data, new_data = (shorter_validation(d, val_images) for d in (old_data, new_data))
     pretrained = run_many({"pretrained": model}, pretrain, old_data, seeds, with_models=True, cache=cache,
                           device=device, workers=workers, progress=progress)["pretrained"]
-    runs = []
+    device = pick_device(device)
+    workers = seed_workers(workers, device)
+    threads = run_threads(device, max(1, torch.get_num_threads() // workers) if device.type == "cpu" else None)
+    found, tasks = {}, []
     for seed, (m, _) in zip(seeds, pretrained):
         for bn_mode in BN_MODES:
-            result = finetune(m, new_data, replace(finetune_config, seed=seed), bn_mode=bn_mode, cache=cache,
-                              device=device)
-            runs.append(FinetuneRun(seed, bn_mode, **result))
-    return runs
+            config = replace(finetune_config, seed=seed)
+            path = cache_path("finetune", cache, threads=threads, weights=weights_digest(m), train=config,
+                              new=new_data.fingerprint, bn_mode=bn_mode)
+            stored = read_cached(path)
+            if stored is not None:
+                found[seed, bn_mode] = stored
+            else:
+                state = {k: v.detach().cpu() for k, v in m.state_dict().items()}
+                tasks.append(_FinetuneTask(seed, bn_mode, model, state, config, path, str(device)))
+    for task, result in _workers.results(_finetune_task, tasks, new_data, workers=workers, threads=threads):
+        found[task.seed, task.bn_mode] = result
+    return [FinetuneRun(seed, bn_mode, **found[seed, bn_mode]) for seed in seeds for bn_mode in BN_MODES]
 
 
 # --- inference speed ------------------------------------------------------------------------------------------------
@@ -443,14 +536,17 @@ def inference_times(
     batch_sizes: tuple[int, ...] = (1, 256),
     rounds: int = 7,
     min_seconds: float = 0.05,
+    threads: int | None = 1,
 ) -> list[dict]:
     """Time an eval-mode forward pass of every model at every batch size; return one row per batch size and
     model: ``{"batch_size", "model", "ms"}`` (milliseconds per batch, the fastest of ``rounds`` rounds) and
     ``"ratio"`` (its time over the first model's at that batch size).
 
     The models take turns within each round, so that a slow stretch of a shared machine hits them alike; in each
-    turn a model runs forward passes for ``min_seconds`` (at least one) and the mean time of one is kept. A
-    measurement of this machine at this moment: nothing else depends on it. The models are put in eval mode.
+    turn a model runs forward passes for ``min_seconds`` (at least one) and the mean time of one is kept. On the
+    CPU they run with ``threads`` threads (``None``: as set): one by default, because on a busy machine a second
+    thread that waits for a core distorts small timings. A measurement of this machine at this moment: nothing
+    else depends on it. The models are put in eval mode.
     """
     if not models:
         raise ValueError("models is empty: give at least one {label: model}.")
@@ -459,8 +555,17 @@ def inference_times(
     rows = []
     for batch_size in batch_sizes:
         if not (isinstance(batch_size, int) and 0 < batch_size <= len(images)):
-            raise ValueError(f"every batch size must be an integer in 1..{len(images)} (the images given); got {batch_size!r}.")
+            raise ValueError(
+                f"every batch size must be an integer in 1..{len(images)} (the images given); got {batch_size!r}."
+            )
         batch = images[:batch_size]
+        rows += _time_batch(models, batch, rounds, min_seconds, threads if batch.device.type == "cpu" else None)
+    return rows
+
+
+def _time_batch(models: dict[str, nn.Module], batch: torch.Tensor, rounds: int, min_seconds: float,
+                threads: int | None) -> list[dict]:
+    with using_threads(threads):
         for model in models.values():
             model.eval()
             model(batch)  # warm-up: first calls allocate and pick kernels
@@ -474,12 +579,11 @@ def inference_times(
                     calls += 1
                     _synchronize(batch.device)
                 best[label] = min(best[label], (time.perf_counter() - start) / calls)
-        first = next(iter(models))
-        rows += [
-            {"batch_size": batch_size, "model": label, "ms": 1e3 * best[label], "ratio": best[label] / best[first]}
-            for label in models
-        ]
-    return rows
+    first = next(iter(models))
+    return [
+        {"batch_size": len(batch), "model": label, "ms": 1e3 * best[label], "ratio": best[label] / best[first]}
+        for label in models
+    ]
 
 
 def _synchronize(device: torch.device) -> None:

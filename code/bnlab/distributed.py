@@ -69,7 +69,8 @@ class SyncBatchNormFunction(torch.autograd.Function):
         dims = channel_dims(x.dim())
         shape = (1, -1) + (1,) * (x.dim() - 2)
         count = torch.full((1,), x.numel() // x.shape[1], dtype=x.dtype)
-        n, s1, s2 = all_reduce_sum(torch.cat([count, x.sum(dims), (x * x).sum(dims)])).split([1, x.shape[1], x.shape[1]])
+        sums = all_reduce_sum(torch.cat([count, x.sum(dims), (x * x).sum(dims)]))
+        n, s1, s2 = sums.split([1, x.shape[1], x.shape[1]])
         mean = s1 / n
         var = s2 / n - mean * mean
         invstd = torch.rsqrt(var + eps)
@@ -289,7 +290,8 @@ def replica_statistics(
     return {key: torch.stack([r[key] for r in results]) for key in results[0]}
 
 
-def _sync_batchnorm_step(rank: int, world_size: int, x: torch.Tensor, dy: torch.Tensor, state: dict, sync: bool) -> dict:
+def _sync_batchnorm_step(rank: int, world_size: int, x: torch.Tensor, dy: torch.Tensor, state: dict,
+                         sync: bool) -> dict:
     bn = SyncBatchNorm(x.shape[1]) if sync else BatchNorm(x.shape[1])
     bn.load_state_dict(state)
     local = shard(x, rank, world_size).clone().requires_grad_(True)
@@ -355,18 +357,25 @@ def sync_batchnorm_check(
     return differences
 
 
-def _torch_sync_batchnorm(rank: int, world_size: int, channels: int) -> str:
+def _torch_sync_batchnorm(rank: int, world_size: int, channels: int) -> dict[str, str]:
     model = nn.SyncBatchNorm.convert_sync_batchnorm(nn.Sequential(nn.Conv2d(1, channels, 3), nn.BatchNorm2d(channels)))
-    try:
-        model(torch.randn(4, 1, 8, 8))
-    except ValueError as err:
-        return str(err)
-    return ""
+    x = torch.randn(4, 1, 8, 8)
+    outcome = {}
+    for mode in ("train", "eval"):
+        model.train(mode == "train")
+        try:
+            model(x)
+            outcome[mode] = ""
+        except ValueError as err:
+            outcome[mode] = str(err)
+    return outcome
 
 
-def torch_sync_batchnorm_on_cpu(*, replicas: Replicas | None = None, world_size: int = 2, timeout: float = 120.0) -> str:
-    """What PyTorch's ``nn.SyncBatchNorm`` does in a train-mode forward pass on CPU tensors inside a ``gloo``
-    process group of ``world_size`` processes: the error message it raises (``""`` if it raised none)."""
+def torch_sync_batchnorm_on_cpu(
+    *, replicas: Replicas | None = None, world_size: int = 2, timeout: float = 120.0
+) -> dict[str, str]:
+    """What PyTorch's ``nn.SyncBatchNorm`` does with CPU tensors inside a ``gloo`` process group of ``world_size``
+    processes: ``{"train": message, "eval": message}``, the error each mode's forward pass raises (``""``: none)."""
     return _run(_torch_sync_batchnorm, (4,), replicas, world_size, timeout)[0]
 
 

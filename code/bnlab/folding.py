@@ -148,7 +148,7 @@ def fold_conv_batchnorm(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
     """
     check_conv_foldable(conv, bn)
     weight = conv.weight.detach().double()
-    bias = conv.bias.detach().double() if conv.bias is not None else torch.zeros(conv.out_channels, dtype=torch.float64, device=weight.device)
+    bias = conv.bias.detach().double() if conv.bias is not None else torch.zeros_like(weight[:, 0, 0, 0])
     mu = bn.running_mean.detach().double()
     sigma = torch.sqrt(bn.running_var.detach().double() + bn.eps)
     gamma = bn.weight.detach().double() if bn.affine else torch.ones_like(mu)

@@ -169,8 +169,9 @@ class CNNConfig:
     def __post_init__(self):
         if isinstance(self.channels, (list, tuple)):
             object.__setattr__(self, "channels", tuple(self.channels))
-        if not (isinstance(self.channels, tuple) and self.channels and all(is_integer(c) and c > 0 for c in self.channels)):
-            raise ValueError(f"CNNConfig.channels must be one or more positive integers, e.g. (16, 32); got {self.channels!r}.")
+        channels = self.channels
+        if not (isinstance(channels, tuple) and channels and all(is_integer(c) and c > 0 for c in channels)):
+            raise ValueError(f"CNNConfig.channels must be one or more positive integers, e.g. (8, 16); got {channels!r}.")
         if self.norm not in NORMS:
             raise ValueError(f"CNNConfig.norm must be one of {NORMS}; got {self.norm!r}.")
         if self.placement not in CNN_PLACEMENTS:
@@ -184,7 +185,9 @@ class CNNConfig:
             if not (is_integer(getattr(self, name)) and getattr(self, name) > 0):
                 raise ValueError(f"CNNConfig.{name} must be a positive integer; got {getattr(self, name)!r}.")
         if self.kernel_size % 2 == 0:
-            raise ValueError(f"CNNConfig.kernel_size must be odd (so that padding keeps the image size); got {self.kernel_size}.")
+            raise ValueError(
+                f"CNNConfig.kernel_size must be odd (so that padding keeps the image size); got {self.kernel_size}."
+            )
         if self.norm == "group" and any(c % self.groups for c in self.channels):
             raise ValueError(
                 f"CNNConfig.groups={self.groups} must divide every entry of channels={self.channels} for "
