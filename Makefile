@@ -4,12 +4,15 @@
 #               pytest over tests/ (bnlab's unit tests, the book in a headless browser, a Colab-like run) and
 #               every notebook in chapters/ under nbval
 #
-# Data: torchvision downloads MNIST into ./data. Where the official MNIST test-set files lie in
-# $(MNIST_T10K) (machines without internet), the offline "MNIST-10k subset" is built from them and used instead.
+# Data: where the official MNIST files lie beside the checkout ($(MNIST_TRAIN) and $(MNIST_T10K); machines
+# without internet), the full MNIST is built from them offline into data/mnist (python -m bnlab build-mnist) and
+# every notebook reads it there. With the test-set files alone, the offline "MNIST-10k subset" is built instead
+# (data/mnist-10k). With neither, torchvision downloads MNIST into ./data.
 #
-# Browser assets: the book serves MathJax and the Jupyter widgets HTML manager itself, so that it renders offline
-# and without third-party CDNs. npm installs the versions pinned in book/package-lock.json; the files the book
-# loads are copied into $(VENDOR), which _config.yml hands to Sphinx as a static folder.
+# Browser assets: the book serves MathJax, the Jupyter widgets HTML manager and Vega (vega, vega-lite, vega-embed:
+# the interactive figures) itself, so that it renders offline and without third-party CDNs. npm installs the
+# versions pinned in book/package-lock.json; the files the book loads are copied into $(VENDOR), which _config.yml
+# hands to Sphinx as a static folder.
 #
 # The two builds keep separate MyST-NB execution caches (under their output paths), because the cache keys on the
 # notebooks' code, not on BNLAB_PROFILE: ci-profile outputs must never reach the full book.
@@ -18,7 +21,9 @@ PYTHON ?= python3
 NPM ?= npm
 VENV ?= .venv
 BIN := $(VENV)/bin
+MNIST_TRAIN ?= ../shared/data/mnist-train
 MNIST_T10K ?= ../shared/data/mnist-t10k
+FULL_ROOT := data/mnist
 SUBSET_ROOT := data/mnist-10k
 STAMP := $(VENV)/.installed
 VENDOR := _build/vendor
@@ -41,17 +46,30 @@ vendor: $(VENDOR)/.installed
 $(VENDOR)/.installed: book/package.json book/package-lock.json
 	$(NPM) ci --prefix book --ignore-scripts --no-audit --no-fund
 	rm -rf $(VENDOR)
-	mkdir -p $(VENDOR)/mathjax $(VENDOR)/jupyter-widgets
+	mkdir -p $(VENDOR)/mathjax $(VENDOR)/jupyter-widgets $(VENDOR)/vega
 	cp -R book/node_modules/mathjax/es5/. book/node_modules/mathjax/LICENSE $(VENDOR)/mathjax/
 	cd book/node_modules/@jupyter-widgets/html-manager/dist && \
 		cp embed.js embed.js.LICENSE.txt *.woff2 *.woff *.ttf *.eot *.svg $(abspath $(VENDOR))/jupyter-widgets/
+	cd book/node_modules && \
+		cp vega/build/vega.min.js vega-lite/build/vega-lite.min.js vega-embed/build/vega-embed.min.js \
+			$(abspath $(VENDOR))/vega/ && \
+		cp vega-view/LICENSE $(abspath $(VENDOR))/vega/LICENSE-vega && \
+		cp vega-lite/LICENSE $(abspath $(VENDOR))/vega/LICENSE-vega-lite && \
+		cp vega-embed/LICENSE $(abspath $(VENDOR))/vega/LICENSE-vega-embed
 	touch $@
 
-ifneq ($(wildcard $(MNIST_T10K)/t10k-images-idx3-ubyte.gz),)
+ifneq ($(wildcard $(MNIST_TRAIN)/train-images-idx3-ubyte.gz)$(wildcard $(MNIST_T10K)/t10k-images-idx3-ubyte.gz),)
+ifneq ($(wildcard $(MNIST_TRAIN)/train-images-idx3-ubyte.gz),)
+export BNLAB_DATA ?= $(abspath $(FULL_ROOT))
+data: $(FULL_ROOT)/MNIST/raw/train-images-idx3-ubyte
+$(FULL_ROOT)/MNIST/raw/train-images-idx3-ubyte: $(STAMP)
+	$(BIN)/python -m bnlab build-mnist --train-source $(MNIST_TRAIN) --test-source $(MNIST_T10K) --root $(FULL_ROOT)
+else
 export BNLAB_DATA ?= $(abspath $(SUBSET_ROOT))
 data: $(SUBSET_ROOT)/MNIST/bnlab-subset.json
 $(SUBSET_ROOT)/MNIST/bnlab-subset.json: $(STAMP)
 	$(BIN)/python -m bnlab build-subset --source $(MNIST_T10K) --root $(SUBSET_ROOT)
+endif
 else
 export BNLAB_DATA ?= $(abspath data)
 data:

@@ -4,17 +4,15 @@ MyST-NB executes each notebook through jupyter-cache and nbclient, which wait fo
 ``zmq.asyncio`` poll as long as the cell's timeout (an hour here). A message whose wake-up is lost would then wait
 unseen for that hour, or, for an output, be dropped from the page. Neither MyST-NB nor jupyter-cache lets a book
 choose the kernel client, so this extension gives jupyter_client's asyncio channel, in the build's own process,
-the ``get_msg`` of ``bnlab.notebooks.PatientChannel``: the same wait, cut into one-second slices that each end with
-a real check of the socket.
+the patient wait of ``bnlab.grading.kernels``: the same wait, cut into one-second slices that each end with a real
+check of the socket.
 """
 
 from __future__ import annotations
 
 
 def setup(app):
-    from jupyter_client.channels import AsyncZMQSocketChannel
+    from bnlab.grading.kernels import patch_asyncio_channel
 
-    from bnlab.notebooks import PatientChannel
-
-    AsyncZMQSocketChannel.get_msg = PatientChannel.get_msg
+    patch_asyncio_channel()
     return {"parallel_read_safe": True, "parallel_write_safe": True}

@@ -6,7 +6,16 @@ import pytest
 import torch
 from torch import nn
 
-from bnlab.batchnorm import COMPARED, BatchNorm1d, channel_dims, max_differences
+from bnlab.batchnorm import (
+    COMPARED,
+    BatchNorm1d,
+    channel_dims,
+    max_differences,
+    preactivations,
+    preactivations_during_training,
+)
+from bnlab.models import MLPConfig, build_mlp
+from bnlab.training import TrainConfig
 
 TOLERANCE = 1e-4  # float32, values of order 1-10
 
@@ -369,3 +378,78 @@ class StatisticsOverTheBatchOnly(BatchNorm2d):
 def test_max_differences_catches_batchnorm2d_statistics_over_the_wrong_dimensions():
     differences = max_differences(StatisticsOverTheBatchOnly(3), nn.BatchNorm2d(3), random_batches((8, 3, 4, 4)))
     assert differences["output"] > 0.1
+
+
+# --- what reaches the activations during training ----------------------------------------------------------------
+
+
+def mlp(placement="before", seed=0):
+    torch.manual_seed(seed)
+    return build_mlp(MLPConfig(placement=placement))
+
+
+def test_preactivations_are_batchnorms_train_mode_output_before_the_relu():
+    model, x = mlp(), torch.rand(64, 1, 28, 28)
+    expected = model[2](model[1](model[0](x)))  # Flatten -> Linear -> BatchNorm1d, in train mode
+    torch.testing.assert_close(preactivations(model.eval(), x), expected.detach())
+
+
+def test_preactivations_without_batchnorm_are_the_linear_layers_output_and_layer_picks_the_relu():
+    model, x = mlp("none"), torch.rand(64, 1, 28, 28)
+    first = preactivations(model, x)
+    torch.testing.assert_close(first, model[1](model[0](x)).detach())
+    second = preactivations(model, x, layer=1)
+    assert first.shape == (64, 75) and second.shape == (64, 45)
+    torch.testing.assert_close(second, model[3](model[2](first)).detach())
+
+
+def test_preactivations_leave_buffers_modes_and_hooks_as_they_were():
+    model = mlp().eval()
+    model[2].train()  # a mixed-mode model comes back mixed
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    preactivations(model, torch.rand(32, 1, 28, 28))
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert [m.training for m in model] == [False, False, True, False, False, False, False, False]
+    assert all(not m._forward_pre_hooks for m in model)
+
+
+def test_preactivations_reject_a_missing_layer_with_a_clear_error():
+    with pytest.raises(ValueError, match="layer must be an integer from 0 to 1"):
+        preactivations(mlp(), torch.rand(8, 1, 28, 28), layer=2)
+    with pytest.raises(ValueError, match="has no nn.ReLU"):
+        preactivations(nn.Sequential(nn.Flatten(), nn.Linear(784, 10)), torch.rand(8, 1, 28, 28))
+
+
+def test_preactivations_during_training_record_the_untrained_model_then_training_moves_them(small_data):
+    config, plain = TrainConfig(batch_size=100, seed=5), MLPConfig(placement="none")
+    recorded = preactivations_during_training(plain, small_data, config, epochs=(0, 1, 3), probe_size=200)
+    assert list(recorded) == [0, 1, 3] and all(v.shape == (200, 75) for v in recorded.values())
+    untrained = mlp("none", seed=5)
+    torch.testing.assert_close(recorded[0], preactivations(untrained, small_data.val.images[:200]))
+    assert not torch.allclose(recorded[0], recorded[1]) and not torch.allclose(recorded[1], recorded[3])
+    again = preactivations_during_training(plain, small_data, config, epochs=(0, 1, 3), probe_size=200)
+    assert all(torch.equal(recorded[e], again[e]) for e in recorded)  # the same seed, the same bits on the CPU
+
+
+def test_preactivations_during_training_with_batchnorm_stay_normalised_per_unit(small_data):
+    config = TrainConfig(batch_size=100)
+    recorded = preactivations_during_training(MLPConfig(), small_data, config, epochs=(0, 2), probe_size=500)
+    for values in recorded.values():  # gamma and beta barely move in two short epochs
+        assert values.mean(dim=0).abs().max() < 0.1
+        assert (values.std(dim=0, correction=0) - 1).abs().max() < 0.1
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"epochs": (0, 2, 1)}, "epochs must be increasing whole numbers"),
+        ({"epochs": (-1, 1)}, "epochs must be increasing whole numbers"),
+        ({"epochs": ()}, "epochs must be increasing whole numbers"),
+        ({"epochs": (0, True)}, "epochs must be increasing whole numbers"),
+        ({"probe_size": 1}, "probe_size must be an integer from 2"),
+        ({"config": TrainConfig(momentum=0.9)}, "config.momentum must be 0"),
+    ],
+)
+def test_preactivations_during_training_reject_bad_arguments_naming_them(small_data, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        preactivations_during_training(MLPConfig(), small_data, **kwargs)

@@ -8,13 +8,14 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from bnlab import bench
+from bnlab.fast import FusedEngine, FusedStep
 from bnlab.models import MLPConfig, build_mlp
 from bnlab.stats import Spread
-from bnlab.training import Engine, FusedMLPStep
+from bnlab.training import Engine
 
 TINY = bench.Sizes(
     peak_n=64, standard_steps=2, standard_warmup=1, rate_images=512, rate_epochs=1,
-    epochs=1, images=512, val_images=64, batch_size=256, repeats=1,
+    epochs=1, images=512, val_images=64, batch_size=256, repeats=1, seeds=2, seed_epochs=1,
 )
 
 
@@ -33,8 +34,8 @@ def test_flop_count_matches_what_pytorch_counts_in_a_real_training_step(config):
     x, y = torch.rand(16, 1, 28, 28), torch.randint(0, 10, (16,))
     with FlopCounterMode(display=False) as autograd_count:
         F.cross_entropy(model(x), y).backward()
-    step = FusedMLPStep(model, lr=0.1)  # built first: FlopCounterMode installs global module hooks
-    step(x, y)  # the first step on a CPU also times the operand orders of its products (once per shape)
+    step = FusedStep(model, torch.optim.SGD(model.parameters(), lr=0.1))  # built first: FlopCounterMode
+    step(x, y)  # installs global module hooks; the first step also checks itself against the plain step
     with FlopCounterMode(display=False) as fused_count:
         step(x, y)
     expected = 16 * bench.training_flops(sizes).total
@@ -76,8 +77,18 @@ def test_rates_count_the_samples_they_time():
     data = bench.random_mnist(512)
     standard = bench.standard_rate(bench.InMemoryMNIST(data, transform=bench.transforms.ToTensor()), steps=3, warmup=1)
     assert standard.samples == 3 * 256 and standard.per_second > 0
-    fused = bench.bnlab_rate(data, epochs=2)
-    assert fused.samples == 2 * 2 * 256 and fused.per_second > 0
+    for engine in (Engine(), FusedEngine()):
+        rate = bench.loop_rate(data, engine, epochs=2)
+        assert rate.samples == 2 * 2 * 256 and rate.per_second > 0
+
+
+@pytest.mark.parametrize("how", ["one after another", "workers", "stacked"])
+def test_seeds_rates_count_every_seeds_samples(how):
+    data = bench.random_mnist(600, n_val=100, n_test=100)
+    rate = bench.seeds_rate(data, how=how, seeds=2, epochs=2, batch_size=128)
+    assert rate.samples == 2 * 2 * 4 * 128 and rate.per_second > 0  # drop_last: 600 // 128 = 4 steps an epoch
+    with pytest.raises(ValueError, match="how must be"):
+        bench.seeds_rate(data, how="sideways", seeds=2, epochs=1)
 
 
 def test_reference_run_times_training_alone_and_with_evaluation():
@@ -86,15 +97,48 @@ def test_reference_run_times_training_alone_and_with_evaluation():
     assert 0 < run.train_seconds and 0 < run.total_seconds
 
 
-def test_the_table_has_every_row_and_names_the_environment(subset_root):
-    rows = bench.run_benchmark(sizes=TINY, device="cpu", engine=Engine(), data_root_path=subset_root)
-    assert tuple(r.what for r in rows) == bench.ROW_NAMES
+CPU_ROWS = (
+    "matmul peak", "FLOPs per training sample", "standard pipeline", "bnlab, plain loop", "bnlab, fused step",
+    "seeds one after another", "seeds in worker processes",
+    "speed-up of the plain loop over the standard pipeline", "speed-up of the fused step over the standard pipeline",
+    "speed-up of the fused step over the plain loop", "speed-up of seeds in worker processes", "training-loop FLOP/s",
+    "seeds in worker processes: time per seed / FLOP floor", "reference run, training steps",
+    "reference run, with per-epoch evaluation", "reference run, FLOP floor", "reference run / FLOP floor",
+    "standard pipeline, reference run",
+)
+
+
+def test_the_table_has_every_named_row_and_names_the_environment(subset_root):
+    rows = bench.run_benchmark(sizes=TINY, device="cpu", data_root_path=subset_root)
+    assert tuple(r.what for r in rows) == CPU_ROWS  # the CUDA-graph rows only on CUDA
+    assert bench.row(rows, "bnlab, fused step").value.endswith("samples/s")
     table = bench.format_table(rows, bench.environment(torch.device("cpu")), "python -m bnlab.bench --quick")
-    for name in bench.ROW_NAMES:
+    for name in CPU_ROWS:
         assert f"| {name} " in table
     for key in ("date:", "torch:", "torchvision:", "threads:", "command: `python -m bnlab.bench --quick`"):
         assert key in table
-    assert "MNIST-10k subset" in table  # the standard pipeline says which data it read
+    assert "MNIST-10k subset" in bench.row(rows, "standard pipeline").note  # it says which data it read
+    with pytest.raises(KeyError, match="no row named 'nothing'"):
+        bench.row(rows, "nothing")
+
+
+def test_a_new_rate_gets_its_row_and_every_ratio_is_paired_within_a_round(monkeypatch, tmp_path):
+    """Two rounds with made-up rates: the ratio row is the median of the per-round ratios (2 and 3), not the ratio
+    of the best rates (20 / 10 = 2)."""
+    per_round = {"standard pipeline": iter([10.0, 5.0]), "bnlab, plain loop": iter([20.0, 15.0]),
+                 "bnlab, fused step": iter([30.0, 30.0]), "a new way": iter([4.0, 3.0])}
+
+    def made_up(name):
+        return lambda setup: bench.Rate(int(next(per_round[name])), 1.0)
+
+    rates = tuple(bench.RateRow(r.name, r.how, made_up(r.name), r.cuda_only) for r in bench.RATES if r.name in per_round)
+    monkeypatch.setattr(bench, "RATES", (*rates, bench.RateRow("a new way", lambda s: "made up", made_up("a new way"))))
+    monkeypatch.setitem(bench.RATIOS, "a new way / standard pipeline", ("a new way", "standard pipeline"))
+    rows = bench.run_benchmark(sizes=bench.replace(TINY, repeats=2), device="cpu", data_root_path=tmp_path)
+    assert bench.row(rows, "a new way").value == "4 samples/s" and "made up" in bench.row(rows, "a new way").note
+    plain = bench.row(rows, "speed-up of the plain loop over the standard pipeline")
+    assert plain.value == "2.5x" and "median of 2 rounds, 2.00x to 3.00x" in plain.note
+    assert bench.row(rows, "a new way / standard pipeline").value == "0.5x"  # median of 0.4 and 0.6
 
 
 def test_command_runs_quick_and_prints_the_table(tmp_path):
@@ -103,7 +147,7 @@ def test_command_runs_quick_and_prints_the_table(tmp_path):
         capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0, result.stderr
-    assert all(f"| {name} " in result.stdout for name in bench.ROW_NAMES)
+    assert all(f"| {name} " in result.stdout for name in CPU_ROWS)
     assert "threads: 1" in result.stdout
 
 

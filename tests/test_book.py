@@ -5,7 +5,12 @@ _build/ci/_build/html and sets it), else _build/html. Each page of the table of 
 Debian's Chromium with networking off, driven over the DevTools protocol on a pipe (no driver, no open port). A page
 passes when it requested nothing but local files, logged no console error, rendered its math with MathJax, loaded
 every image, rendered every widget view from the saved widget state, and (for a notebook) links to itself in Colab.
-Screenshots go to _build/screenshots/ for a person to look at.
+
+Every interactive figure (``bnlab.plots.interactive``) on a page is driven too: a script injected into the page
+changes each of its controls in turn (a drop-down list, a radio button, a slider, as a reader would, with the
+events the browser sends), and the drawn lines (the SVG paths' data) must change each time, with no console error.
+Screenshots go to _build/screenshots/ for a person to look at: each page, and each figure before and after each
+change.
 
 Where the browser or the built book is missing, these tests skip, except under CI (``CI`` set) or with
 ``BNLAB_REQUIRE_BROWSER=1``, where they fail.
@@ -177,6 +182,15 @@ def test_page_loads_nothing_from_outside_the_book(page):
     assert not remote, f"{page} loads {remote}"
 
 
+@pytest.mark.parametrize("page", toc_pages())
+def test_a_page_without_widget_views_loads_no_widgets_manager_or_state(page):
+    html = built_page(page).read_text()
+    if 'type="application/vnd.jupyter.widget-view+json"' in html:
+        return
+    assert 'type="application/vnd.jupyter.widget-state+json"' not in html, f"{page} carries unused widget state"
+    assert "jupyter-widgets/embed.js" not in html, f"{page} loads the widgets manager for no widget"
+
+
 # --- the built book in a browser ------------------------------------------------------------------------------------
 
 CHROMIUM_FLAGS = [
@@ -340,6 +354,81 @@ INSPECT_PAGE = r"""
 """
 
 
+# Injected into a page: helpers to wait for its interactive figures, to read what a figure draws, and to change one
+# of its controls as a reader would (select another option, click another radio button, move a slider one step).
+EXPLORER_HELPERS = r"""
+window.bnlabTest = {
+  roots: () => [...document.querySelectorAll(".bnlab-explorer")],
+  ready: async () => {
+    const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+    const roots = window.bnlabTest.roots();
+    for (let i = 0; i < 200 && !roots.every((r) => r.bnlabView || r.classList.contains("bnlab-explorer-static-only")); i++) {
+      await sleep(100);
+    }
+    return roots.map((root) => {
+      const box = root.getBoundingClientRect();
+      const staticImage = root.querySelector(".bnlab-explorer-static");
+      return {
+        id: root.id,
+        live: !!root.bnlabView,
+        staticHidden: !!staticImage && getComputedStyle(staticImage).display === "none",
+        staticLoaded: !!staticImage && staticImage.complete && staticImage.naturalWidth > 0,
+        caption: (root.querySelector("figcaption") || {}).textContent || "",
+        controls: [...root.querySelectorAll(".bnlab-explorer-controls .vega-bind")].map((bind) => ({
+          label: (bind.querySelector(".vega-bind-name") || {}).textContent || "",
+          kind: bind.querySelector("select") ? "select" : bind.querySelector("input[type=radio]") ? "radio" : "slider",
+        })),
+        axisTitles: [...root.querySelectorAll(".role-axis-title")].map((t) => t.textContent),
+        legends: root.querySelectorAll(".role-legend").length,
+      };
+    });
+  },
+  printed: () => window.bnlabTest.roots().map((root) => ({
+    staticShown: getComputedStyle(root.querySelector(".bnlab-explorer-static")).display !== "none",
+    chartShown: getComputedStyle(root.querySelector(".bnlab-explorer-view")).display !== "none",
+  })),
+  clip: (k) => {
+    const box = window.bnlabTest.roots()[k].getBoundingClientRect();
+    return {x: box.left + window.scrollX, y: box.top + window.scrollY, width: box.width, height: box.height, scale: 1};
+  },
+  drawn: (k) => {
+    const root = window.bnlabTest.roots()[k];
+    return {
+      lines: [...root.querySelectorAll(".bnlab-explorer-view .mark-line path")].map((p) => p.getAttribute("d")),
+      title: [...root.querySelectorAll(".bnlab-explorer-view .role-title-text")].map((t) => t.textContent).join(" "),
+    };
+  },
+  change: async (k, c) => {
+    const root = window.bnlabTest.roots()[k];
+    const bind = root.querySelectorAll(".bnlab-explorer-controls .vega-bind")[c];
+    const select = bind.querySelector("select");
+    const slider = bind.querySelector("input[type=range]");
+    const radios = [...bind.querySelectorAll("input[type=radio]")];
+    let from, to;
+    if (select) {
+      from = select.value;
+      select.selectedIndex = (select.selectedIndex + 1) % select.options.length;
+      to = select.value;
+      select.dispatchEvent(new Event("change", {bubbles: true}));
+    } else if (slider) {
+      from = slider.value;
+      const step = +slider.step, value = +slider.value;
+      slider.value = value + step <= +slider.max + 1e-9 ? value + step : value - step;
+      to = slider.value;
+      slider.dispatchEvent(new Event("input", {bubbles: true}));
+    } else {
+      from = radios.find((r) => r.checked).value;
+      const other = radios.find((r) => !r.checked);
+      other.click();
+      to = other.value;
+    }
+    await root.bnlabView.runAsync();
+    return {from, to};
+  },
+};
+"""
+
+
 @dataclass
 class PageReport:
     """What a page did in the browser."""
@@ -349,6 +438,7 @@ class PageReport:
     requests: list[str] = field(default_factory=list)
     console_errors: list[str] = field(default_factory=list)
     screenshot: Path | None = None
+    explorers: list[dict] = field(default_factory=list)
 
     @property
     def remote_requests(self) -> list[str]:
@@ -386,6 +476,10 @@ class Browser:
             self.reports[page] = self._visit(page, built_page(page))
         return self.reports[page]
 
+    def open(self, path: Path, name: str) -> PageReport:
+        """Any HTML file, reported under ``name``."""
+        return self._visit(name, path)
+
     def _visit(self, page: str, path: Path) -> PageReport:
         devtools = self.devtools
         target = devtools.send("Target.createTarget", {"url": "about:blank"})["targetId"]
@@ -416,6 +510,7 @@ class Browser:
                 raise RuntimeError(f"inspecting {page} failed: {shown['exceptionDetails']}")
             report = PageReport(page, shown["result"]["value"])
             report.screenshot = self._screenshot(page, report.shown["height"], session)
+            report.explorers = self._drive_explorers(page, session)
             devtools.drain()
             ours = [e for e in devtools.events if e.get("sessionId") == session]
             report.requests = [e["params"]["request"]["url"] for e in ours if e.get("method") == "Network.requestWillBeSent"]
@@ -424,6 +519,47 @@ class Browser:
         finally:
             devtools.send("Target.closeTarget", {"targetId": target})
             devtools.events.clear()
+
+    def _evaluate(self, expression: str, session: str):
+        result = self.devtools.send(
+            "Runtime.evaluate", {"expression": expression, "awaitPromise": True, "returnByValue": True},
+            session=session, timeout=60,
+        )
+        if "exceptionDetails" in result:
+            raise RuntimeError(f"{expression[:60]}... failed in the page: {result['exceptionDetails']}")
+        return result["result"].get("value")
+
+    def _drive_explorers(self, page: str, session: str) -> list[dict]:
+        """Change every control of every interactive figure on the page, one at a time; record what was drawn
+        before and after each change, with screenshots of the figure."""
+        self._evaluate(EXPLORER_HELPERS, session)
+        explorers = self._evaluate("window.bnlabTest.ready()", session)
+        for k, explorer in enumerate(explorers):
+            name = f"{page.replace('/', '__')}__explorer-{k}"
+            explorer["screenshots"] = [self._clip(f"{name}__before.png", k, session)]
+            explorer["changes"] = []
+            if not explorer["live"]:
+                continue
+            for c, control in enumerate(explorer["controls"]):
+                before = self._evaluate(f"window.bnlabTest.drawn({k})", session)
+                change = self._evaluate(f"window.bnlabTest.change({k}, {c})", session)
+                after = self._evaluate(f"window.bnlabTest.drawn({k})", session)
+                explorer["changes"].append({**control, **change, "before": before, "after": after})
+                explorer["screenshots"].append(self._clip(f"{name}__after-{c}-{control['kind']}.png", k, session))
+        if explorers:  # printed, each figure is its static image
+            self.devtools.send("Emulation.setEmulatedMedia", {"media": "print"}, session=session)
+            for explorer, printed in zip(explorers, self._evaluate("window.bnlabTest.printed()", session)):
+                explorer["printed"] = printed
+            self.devtools.send("Emulation.setEmulatedMedia", {"media": ""}, session=session)
+        return explorers
+
+    def _clip(self, filename: str, k: int, session: str) -> Path:
+        """A screenshot of the page's k-th interactive figure (the viewport is as tall as the page by now)."""
+        clip = self._evaluate(f"window.bnlabTest.clip({k})", session)
+        shot = self.devtools.send("Page.captureScreenshot", {"format": "png", "clip": clip}, session=session, timeout=60)
+        path = SCREENSHOTS / filename
+        path.write_bytes(base64.b64decode(shot["data"]))
+        return path
 
     def _screenshot(self, page: str, height: int, session: str) -> Path:
         # The whole page in one picture: lay it out in a viewport as tall as the page, then capture that viewport.
@@ -447,20 +583,27 @@ def find_chromium() -> str | None:
 
 
 @pytest.fixture(scope="module")
-def browser():
+def chromium():
+    """One headless Chromium for the module (screenshots start afresh)."""
     executable = find_chromium()
     if executable is None:
         fail_or_skip("no Chromium found (apt-get install chromium, or set BNLAB_CHROMIUM)")
-    if not (BOOK_HTML / "index.html").exists():
-        fail_or_skip(f"no built book in {BOOK_HTML} (run `make book`, or set BNLAB_BOOK_HTML)")
     shutil.rmtree(SCREENSHOTS, ignore_errors=True)
     SCREENSHOTS.mkdir(parents=True)
     with tempfile.TemporaryDirectory(prefix="bnlab-chromium-") as profile:
-        chromium = Browser(executable, Path(profile))
+        opened = Browser(executable, Path(profile))
         try:
-            yield chromium
+            yield opened
         finally:
-            chromium.devtools.close()
+            opened.devtools.close()
+
+
+@pytest.fixture(scope="module")
+def browser(chromium):
+    """The browser, for tests of the built book."""
+    if not (BOOK_HTML / "index.html").exists():
+        fail_or_skip(f"no built book in {BOOK_HTML} (run `make book`, or set BNLAB_BOOK_HTML)")
+    return chromium
 
 
 @pytest.mark.parametrize("page", toc_pages())
@@ -488,6 +631,76 @@ def test_math_renders_somewhere_in_the_book(browser):
     assert sum(browser.visit(page).shown["math"] for page in toc_pages()) > 0
 
 
-def test_at_least_one_widget_view_renders_in_the_book(browser):
-    rendered = {page: browser.visit(page).shown["widgetViewsRendered"] for page in toc_pages()}
-    assert sum(rendered.values()) >= 1, f"no page of the book renders a widget view: {rendered}"
+# --- interactive figures -------------------------------------------------------------------------------------------
+
+# The chapters' interactive figures (at least this many per page; other pages may have them too).
+EXPLORERS = {"chapters/02_placement": 1, "chapters/04_running_statistics": 1}
+VEGA_SCRIPTS = ("_static/vega/vega.min.js", "_static/vega/vega-lite.min.js", "_static/vega/vega-embed.min.js")
+
+
+def test_the_chapters_explorers_are_in_the_book():
+    for page, count in EXPLORERS.items():
+        html = built_page(page).read_text()
+        assert html.count('class="bnlab-explorer"') >= count, f"{page}: expected {count} interactive figure(s)"
+
+
+@pytest.mark.parametrize("page", toc_pages())
+def test_a_page_with_an_explorer_loads_vega_from_the_book_at_its_depth(page):
+    path = built_page(page)
+    parser = _Resources()
+    parser.feed(path.read_text())
+    vega = [u for u in parser.urls if "/vega/" in u or u.startswith("vega/")]
+    if 'class="bnlab-explorer"' not in path.read_text():
+        assert not vega, f"{page} has no interactive figure but loads {vega}"
+        return
+    resolved = [(path.parent / u.split("?")[0]).resolve() for u in vega]
+    expected = [(BOOK_HTML / script).resolve() for script in VEGA_SCRIPTS]
+    assert resolved == expected, f"{page} loads {vega}; expected the book's own {VEGA_SCRIPTS}, in that order"
+    assert all(p.is_file() and p.stat().st_size > 10_000 for p in resolved)
+
+
+@pytest.mark.parametrize("page", toc_pages())
+def test_every_explorer_responds_to_each_of_its_controls_offline(browser, page):
+    report = browser.visit(page)
+    assert len(report.explorers) >= EXPLORERS.get(page, 0), f"{page}: its interactive figures did not show"
+    assert not report.console_errors, f"{page} logged errors: {report.console_errors}"
+    assert not report.remote_requests, f"{page} requested {report.remote_requests}"
+    for explorer in report.explorers:
+        where = f"{page}, {explorer['id']}"
+        assert explorer["live"], f"{where}: the chart was not drawn (only the static image shows)"
+        assert explorer["staticHidden"] and explorer["staticLoaded"], f"{where}: static image shown or broken"
+        assert explorer["caption"].strip(), f"{where}: no caption"
+        assert explorer["controls"] and all(c["label"].strip() for c in explorer["controls"]), f"{where}: unlabelled control"
+        assert len(explorer["axisTitles"]) >= 2 and all(t.strip() for t in explorer["axisTitles"]), f"{where}: axis titles"
+        for change in explorer["changes"]:
+            what = f"{where}: {change['kind']} {change['label'].strip()!r} from {change['from']} to {change['to']}"
+            assert change["from"] != change["to"], f"{what}: the control did not move"
+            assert change["before"]["lines"] and change["after"]["lines"], f"{what}: no lines drawn"
+            assert change["after"]["lines"] != change["before"]["lines"], f"{what}: the drawn lines did not change"
+            assert change["after"]["title"] != change["before"]["title"], f"{what}: the title did not follow"
+        assert len(explorer["changes"]) == len(explorer["controls"])
+        assert explorer["printed"] == {"staticShown": True, "chartShown": False}, f"{where}: printed, not its static image"
+        assert all(shot.stat().st_size > 0 for shot in explorer["screenshots"])
+
+
+def test_each_kind_of_control_is_driven_somewhere_in_the_book(browser):
+    kinds = {c["kind"] for page in toc_pages() for e in browser.visit(page).explorers for c in e["changes"]}
+    assert kinds == {"select", "radio", "slider"}, kinds
+
+
+def test_an_explorer_outside_the_book_offline_keeps_its_static_image(chromium, tmp_path):
+    """In Jupyter or Colab the figure's script loads Vega from a CDN; offline that fails, and the static image stays,
+    with a warning, not an error."""
+    from bnlab.plots.interactive import explorer
+
+    records = [{"epoch": e, "loss": 1 / (e + s), "seed": s} for s in (1, 2, 3) for e in range(1, 5)]
+    figure = explorer(records, x="epoch", y="loss", controls=["seed"], caption="Move the seed slider.")
+    page = tmp_path / "notebook-output.html"
+    page.write_text(f"<!doctype html><html><head><meta charset='utf-8'></head><body>{figure.html}</body></html>")
+    report = chromium.open(page, "outside-the-book")
+    (shown,) = report.explorers
+    assert not shown["live"] and not shown["staticHidden"] and shown["staticLoaded"]
+    assert report.remote_requests, "the figure's script did not try to load Vega"
+    assert all(urlsplit(u).hostname == "cdn.jsdelivr.net" for u in report.remote_requests), report.remote_requests
+    errors = [e for e in report.console_errors if "cdn.jsdelivr.net" not in e]  # the failed loads are expected here
+    assert not errors, errors

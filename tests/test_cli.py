@@ -6,6 +6,7 @@ import sys
 import pytest
 
 from bnlab.__main__ import main
+from bnlab.data import OFFICIAL_RAW
 
 
 def test_help_explains_every_option(capsys):
@@ -14,7 +15,8 @@ def test_help_explains_every_option(capsys):
     assert info.value.code == 0
     text = capsys.readouterr().out
     for option in ("--hidden", "--placement", "--bias", "--no-bias", "--dropout", "--init-std", "--epochs",
-                   "--batch-size", "--lr", "--seed", "--device", "--data", "--no-progress", "--train-samples"):
+                   "--batch-size", "--lr", "--momentum", "--weight-decay", "--seed", "--device", "--data",
+                   "--no-progress", "--train-samples", "--no-train-acc", "--engine"):
         assert option in text
 
 
@@ -23,9 +25,26 @@ def test_a_short_run_prints_the_per_epoch_table(subset_root, capsys):
                  "--no-progress", "--device", "cpu"])
     out = capsys.readouterr().out
     assert code == 0
-    assert "MNIST-10k subset: 1,000 train" in out
+    assert "MNIST-10k subset (first 1,000 training images): 1,000 train" in out
     rows = [line for line in out.splitlines() if line.strip()[:1].isdigit()]
     assert len(rows) == 2 and "test accuracy" in out
+
+
+def per_epoch_rows(out: str) -> list[str]:
+    return [line.rsplit(None, 1)[0] for line in out.splitlines() if line.strip()[:1].isdigit()]  # without seconds
+
+
+def test_every_engine_prints_the_same_numbers_and_training_accuracy_is_optional(subset_root, capsys):
+    common = ["train", "--epochs", "1", "--train-samples", "500", "--batch-size", "100", "--data", str(subset_root),
+              "--no-progress", "--device", "cpu", "--momentum", "0.9", "--weight-decay", "0.001"]
+    tables = {}
+    for engine in ("fused", "plain", "cuda-graphs"):
+        assert main([*common, "--engine", engine]) == 0
+        tables[engine] = per_epoch_rows(capsys.readouterr().out)
+    assert tables["fused"] == tables["plain"] == tables["cuda-graphs"] and len(tables["plain"]) == 1
+    assert main([*common, "--no-train-acc"]) == 0
+    (row,) = per_epoch_rows(capsys.readouterr().out)
+    assert row.split()[2] == "-" and row.split()[1] == tables["plain"][0].split()[1]  # same loss, no train %
 
 
 def test_bad_value_is_a_one_line_error_not_a_traceback(subset_root, capsys):
@@ -46,7 +65,7 @@ def test_missing_data_is_reported_with_what_to_do(tmp_path, capsys, monkeypatch)
     monkeypatch.setattr(MNIST, "mirrors", ["http://127.0.0.1:9/"])
     code = main(["train", "--data", str(tmp_path), "--epochs", "1"])
     err = capsys.readouterr().err
-    assert code == 2 and "could not be downloaded" in err and "build-subset" in err
+    assert code == 2 and "could not be downloaded" in err and "build-mnist" in err and "build-subset" in err
 
 
 def test_build_subset_command_builds_a_loadable_root(t10k_source, tmp_path):
@@ -56,6 +75,19 @@ def test_build_subset_command_builds_a_loadable_root(t10k_source, tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert "BNLAB_DATA" in result.stdout and (tmp_path / "MNIST" / "bnlab-subset.json").exists()
+
+
+def test_build_mnist_command_builds_the_full_mnist(train_source, t10k_source, tmp_path, capsys):
+    args = ["build-mnist", "--train-source", str(train_source), "--test-source", str(t10k_source)]
+    assert main([*args, "--root", str(tmp_path)]) == 0
+    assert f"BNLAB_DATA={tmp_path}" in capsys.readouterr().out
+    assert sorted(p.name for p in (tmp_path / "MNIST" / "raw").iterdir()) == sorted(OFFICIAL_RAW)
+
+
+def test_build_mnist_from_a_wrong_folder_fails_clearly(t10k_source, tmp_path, capsys):
+    args = ["build-mnist", "--train-source", str(tmp_path), "--test-source", str(t10k_source)]
+    assert main([*args, "--root", str(tmp_path / "out")]) == 2
+    assert "train-images-idx3-ubyte.gz not found" in capsys.readouterr().err
 
 
 def test_build_subset_from_a_wrong_folder_fails_clearly(tmp_path, capsys):

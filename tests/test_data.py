@@ -10,11 +10,13 @@ from torchvision.datasets import MNIST
 
 from bnlab.data import (
     DATA_ENV,
+    FULL_NAME,
     HUGE_PAGE,
     SUBSET_NAME,
     BatchLoader,
     DataError,
     Split,
+    build_mnist,
     build_subset,
     data_root,
     empty_on_huge_pages,
@@ -95,8 +97,14 @@ def test_large_tensors_are_marked_for_huge_pages():
 def test_train_samples_keeps_the_first_images_and_the_full_validation_split(subset_root):
     data = load_mnist(subset_root, train_samples=500)
     assert len(data.train) == 500 and len(data.val) == 1_000
-    with pytest.raises(ValueError, match="train_samples"):
-        load_mnist(subset_root, train_samples=0)
+    for bad in (0, -3, True, 2.5):
+        with pytest.raises(ValueError, match="train_samples"):
+            load_mnist(subset_root, train_samples=bad)
+
+
+def test_a_training_slice_says_so_in_its_name(subset_root):
+    assert load_mnist(subset_root, train_samples=500).name == "MNIST-10k subset (first 500 training images)"
+    assert load_mnist(subset_root, train_samples=10**6).name == SUBSET_NAME  # more than there are: all of them
 
 
 def test_root_comes_from_argument_then_environment_then_default(monkeypatch, tmp_path):
@@ -150,7 +158,7 @@ def test_build_subset_rejects_a_corrupt_source(t10k_source, tmp_path):
     source = tmp_path / "source"
     shutil.copytree(t10k_source, source)
     (source / "t10k-labels-idx1-ubyte.gz").write_bytes(b"not gzip")
-    with pytest.raises(DataError, match="MD5"):
+    with pytest.raises(DataError, match="t10k-labels-idx1-ubyte.gz is not a readable gzip file"):
         build_subset(source, tmp_path / "root")
     assert not (tmp_path / "root" / "MNIST").exists()
 
@@ -185,3 +193,89 @@ def test_bad_shapes_and_sizes_are_rejected():
         Split(torch.zeros(3, 1), torch.zeros(4))
     with pytest.raises(ValueError, match="batch_size"):
         BatchLoader(Split(torch.zeros(3, 1), torch.zeros(3)), 0)
+
+
+# --- the full MNIST ------------------------------------------------------------------------------------------------
+
+
+def test_full_mnist_matches_the_official_facts(mnist_root):
+    """The facts ../shared/data/mnist-train/README.md gives to check a loader against."""
+    train = MNIST(str(mnist_root), train=True, download=False)
+    assert tuple(train.data.shape) == (60_000, 28, 28)
+    assert train.targets[:10].tolist() == [5, 0, 4, 1, 9, 2, 1, 3, 1, 4]
+    counts = torch.bincount(train.targets, minlength=10).tolist()
+    assert counts == [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
+    pixels = train.data.double() / 255
+    assert round(pixels.mean().item(), 4) == 0.1307 and round(pixels.std().item(), 4) == 0.3081
+
+
+def test_full_mnist_is_named_mnist_and_split_as_in_the_lecture(mnist_root):
+    data = load_mnist(mnist_root)
+    assert data.name == FULL_NAME == "MNIST"
+    assert (len(data.train), len(data.val), len(data.test)) == (54_000, 6_000, 10_000)
+    raw = MNIST(str(mnist_root), train=True, download=False)
+    assert torch.equal(data.val.labels, raw.targets[-6_000:])  # validation: the last 6,000 training images
+    assert load_mnist(mnist_root, train_samples=3_000).name == "MNIST (first 3,000 training images)"
+
+
+def test_torchvision_downloads_nothing_from_a_built_root(mnist_root, monkeypatch):
+    import torchvision.datasets.mnist
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("torchvision tried to download")
+
+    monkeypatch.setattr(torchvision.datasets.mnist, "download_and_extract_archive", no_network)
+    assert len(MNIST(str(mnist_root), train=True, download=True)) == 60_000
+    assert len(MNIST(str(mnist_root), train=False, download=True)) == 10_000
+
+
+def copy_sources(train_source, t10k_source, tmp_path) -> tuple:
+    train, t10k = tmp_path / "train", tmp_path / "t10k"
+    shutil.copytree(train_source, train)
+    shutil.copytree(t10k_source, t10k)
+    return train, t10k
+
+
+def test_build_mnist_names_a_missing_file(train_source, t10k_source, tmp_path):
+    train, t10k = copy_sources(train_source, t10k_source, tmp_path)
+    (train / "train-labels-idx1-ubyte.gz").unlink()
+    with pytest.raises(DataError, match="train-labels-idx1-ubyte.gz not found"):
+        build_mnist(train, t10k, tmp_path / "root")
+    assert not (tmp_path / "root" / "MNIST").exists()
+
+
+def test_build_mnist_names_a_truncated_file(train_source, t10k_source, tmp_path):
+    train, t10k = copy_sources(train_source, t10k_source, tmp_path)
+    gz = t10k / "t10k-labels-idx1-ubyte.gz"
+    gz.write_bytes(gz.read_bytes()[:2_000])
+    with pytest.raises(DataError, match="t10k-labels-idx1-ubyte.gz is not a readable gzip file.*Copy it again"):
+        build_mnist(train, t10k, tmp_path / "root")
+
+
+def test_build_mnist_names_a_file_with_wrong_content(train_source, t10k_source, tmp_path):
+    train, t10k = copy_sources(train_source, t10k_source, tmp_path)
+    gz = train / "train-labels-idx1-ubyte.gz"
+    content = bytearray(gzip.decompress(gz.read_bytes()))
+    content[100] = (content[100] + 1) % 10  # one label changed: same size, other MD5
+    gz.write_bytes(gzip.compress(bytes(content)))
+    with pytest.raises(DataError, match="train-labels-idx1-ubyte.gz is corrupt.*MD5"):
+        build_mnist(train, t10k, tmp_path / "root")
+
+
+def test_build_mnist_accepts_uncompressed_files(train_source, t10k_source, tmp_path):
+    t10k = tmp_path / "t10k-plain"
+    t10k.mkdir()
+    for name in ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+        (t10k / name).write_bytes(gzip.decompress((t10k_source / f"{name}.gz").read_bytes()))
+    build_mnist(train_source, t10k, tmp_path / "root")
+    assert len(MNIST(str(tmp_path / "root"), train=False, download=False)) == 10_000
+
+
+def test_a_raw_file_that_is_not_the_official_one_is_refused(t10k_source, tmp_path):
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    content = bytearray(gzip.decompress((t10k_source / "t10k-labels-idx1-ubyte.gz").read_bytes()))
+    content[-1] = (content[-1] + 1) % 10
+    (raw / "t10k-labels-idx1-ubyte").write_bytes(bytes(content))
+    with pytest.raises(DataError, match="t10k-labels-idx1-ubyte is not the official MNIST file.*build-mnist"):
+        load_mnist(tmp_path, download=False)

@@ -2,14 +2,8 @@ import dataclasses
 import json
 import warnings
 
-import matplotlib
-
-matplotlib.use("Agg")
-
 import pytest
 import torch
-from matplotlib.collections import PathCollection
-from matplotlib.colors import to_rgb
 
 from bnlab import _workers, experiments
 from bnlab.data import Dataset, load_mnist
@@ -18,7 +12,6 @@ from bnlab.experiments import (
     SeedRuns,
     compare_runs,
     comparisons_table,
-    plot_seed_spread,
     results_table,
     run,
     run_key,
@@ -50,7 +43,7 @@ class CountingTrainer:
     def __init__(self):
         self.calls = []
 
-    def __call__(self, model_config, data, config, *, device=None, progress=True):
+    def __call__(self, model_config, data, config, *, device=None, progress=True, engine=None):
         self.calls.append((model_config, config, data.name))
         return None, fake_history(data.name, losses=(1.0, 1.0 / len(self.calls)), test_acc=float(len(self.calls)))
 
@@ -280,7 +273,8 @@ def test_the_comparisons_table_shows_each_comparison_with_its_interval_p_and_ver
     table = comparisons_table([first, second], caption="test accuracy, MNIST-10k subset")
     assert table.caption == "test accuracy, MNIST-10k subset"
     assert table.header == ("a", "b", "mean(a) - mean(b)", "95 % CI", "p", "verdict (by the seeds)")
-    assert table.rows[0] == ("a", "b", "+1.70", f"{first.ci[0]:+.2f} to {first.ci[1]:+.2f}", f"{first.p:.3f}", "supported")
+    interval = f"{first.ci[0]:+.2f} to {first.ci[1]:+.2f}"
+    assert table.rows[0] == ("a", "b", "+1.70", interval, f"{first.p:.3f}", "supported")
     assert table.rows[1][:2] == ("a", "c") and table.rows[1][5] == "not supported"
     assert "not supported" in str(table) and table._repr_html_().count("<tr>") == 3
     welch = compare_runs(a, seed_runs("d", [95.0, 95.5, 96.0], seeds=(7, 8, 9)))
@@ -299,24 +293,6 @@ def test_run_variants_trains_every_variant_with_every_seed(small_data, tmp_path,
     ]
     with pytest.raises(ValueError, match="variants is empty"):
         run_variants({}, SHORT, small_data, (1, 2), cache=tmp_path)
-
-
-def test_the_spread_plot_shows_one_dot_per_seed_and_the_data_set():
-    runs = {"a": seed_runs("a", [97.0, 98.0, 96.0]), "b": seed_runs("b", [90.0, 91.0, 92.0])}
-    ax = plot_seed_spread(runs)
-    dots = [tuple(y for _, y in c.get_offsets()) for c in ax.collections if isinstance(c, PathCollection)]
-    assert dots == [(97.0, 98.0, 96.0), (90.0, 91.0, 92.0)]
-    assert [t.get_text() for t in ax.get_xticklabels()] == ["a", "b"]
-    assert "MNIST-10k subset" in ax.get_title()
-    with pytest.raises(ValueError, match="metric must be one of"):
-        plot_seed_spread(runs, "accuracy")
-
-
-def test_the_spread_plot_colours_each_variant_as_asked():
-    runs = {"a": seed_runs("a", [97.0, 98.0]), "b": seed_runs("b", [90.0, 91.0])}
-    ax = plot_seed_spread(runs, "loss", colors={"b": "red"})
-    dots = [c for c in ax.collections if isinstance(c, PathCollection)]
-    assert [tuple(c.get_facecolor()[0][:3]) for c in dots] == [to_rgb("tab:blue"), to_rgb("red")]
 
 
 # --- what the cache key holds ------------------------------------------------------------------------------------

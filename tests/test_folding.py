@@ -3,7 +3,7 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_linear_bn_eval
 
-from bnlab.folding import count_batchnorms, fold_batchnorm, fold_batchnorms
+from bnlab.folding import count_batchnorms, fold_batchnorm, fold_batchnorms, fold_into_next
 from bnlab.models import MLPConfig, build_mlp
 
 
@@ -177,10 +177,95 @@ def test_model_in_train_mode_is_refused():
         fold_batchnorms(model)
 
 
-def test_batchnorm_after_the_activation_is_refused():
-    model = trained_like_mlp(MLPConfig(placement="after"))
-    with pytest.raises(ValueError, match="follows ReLU, not an nn.Linear"):
-        fold_batchnorms(model)
+def outputs_agree(folded: nn.Module, model: nn.Module, x: torch.Tensor) -> None:
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), model(x), rtol=1e-4, atol=1e-4)
+
+
+def images(n: int = 64, seed: int = 1) -> torch.Tensor:
+    return torch.rand(n, 1, 28, 28, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.5])
+def test_batchnorm_after_the_activation_folds_into_the_next_linear_layer(dropout):
+    model = trained_like_mlp(MLPConfig(placement="after", dropout=dropout))
+    folded = fold_batchnorms(model)
+    expected = ["Flatten", "Linear", "ReLU", "Linear", "ReLU", "Linear"]
+    if dropout:
+        expected = ["Flatten", "Linear", "ReLU", "Dropout", "Linear", "ReLU", "Dropout", "Linear"]
+    assert [type(m).__name__ for m in folded] == expected
+    outputs_agree(folded, model, images())
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_fold_into_next_computes_linear_of_batchnorm(bias):
+    generator = torch.Generator().manual_seed(3)
+    torch.manual_seed(3)
+    bn = random_statistics(nn.BatchNorm1d(7), generator)
+    linear = nn.Linear(7, 4, bias=bias)
+    x = torch.randn(64, 7, generator=generator)
+    folded = fold_into_next(bn, linear)
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), linear(bn(x)), rtol=1e-5, atol=1e-5)
+        sigma = torch.sqrt(bn.running_var + bn.eps)
+        torch.testing.assert_close(folded.weight, linear.weight * (bn.weight / sigma))  # W'' = W diag(gamma / sigma)
+    assert folded.bias is not None and folded is not linear
+
+
+def test_fold_into_next_checks_mode_statistics_and_sizes():
+    generator = torch.Generator().manual_seed(0)
+    with pytest.raises(ValueError, match="train mode"):
+        fold_into_next(nn.BatchNorm1d(4), nn.Linear(4, 2))
+    with pytest.raises(ValueError, match="no running statistics"):
+        fold_into_next(nn.BatchNorm1d(4, track_running_stats=False).eval(), nn.Linear(4, 2))
+    with pytest.raises(ValueError, match="4 input features but bn has num_features=5"):
+        fold_into_next(random_statistics(nn.BatchNorm1d(5), generator), nn.Linear(4, 2))
+
+
+def test_a_module_used_twice_is_folded_at_both_places():
+    torch.manual_seed(0)
+    generator = torch.Generator().manual_seed(0)
+    relu = nn.ReLU()  # one instance after both hidden layers
+    model = nn.Sequential(
+        nn.Flatten(), nn.Linear(784, 20, bias=False), random_statistics(nn.BatchNorm1d(20), generator), relu,
+        nn.Linear(20, 12, bias=False), random_statistics(nn.BatchNorm1d(12), generator), relu, nn.Linear(12, 10),
+    ).eval()
+    folded = fold_batchnorms(model)
+    assert [type(m).__name__ for m in folded] == ["Flatten", "Linear", "ReLU", "Linear", "ReLU", "Linear"]
+    assert folded[2] is folded[4]  # still one shared module
+    outputs_agree(folded, model, images())
+
+
+def test_chained_batchnorms_and_blocks_fold_across_their_boundaries():
+    generator = torch.Generator().manual_seed(4)
+    torch.manual_seed(4)
+    bn = lambda n: random_statistics(nn.BatchNorm1d(n), generator)  # noqa: E731
+    model = nn.Sequential(
+        bn(6),  # normalises the input: folds into the Linear layer after it
+        nn.Sequential(nn.Linear(6, 5), nn.ReLU(), bn(5)),  # after the ReLU: into the next block's Linear layer
+        nn.Sequential(nn.Dropout(0.3), nn.Linear(5, 4), bn(4), bn(4), nn.Identity()),  # two in a row: both back
+        nn.ReLU(),
+        nn.Linear(4, 2),
+    ).eval()
+    folded = fold_batchnorms(model)
+    assert count_batchnorms(folded) == 0
+    assert [type(m).__name__ for m in folded] == ["Linear", "ReLU", "Dropout", "Linear", "Identity", "ReLU", "Linear"]
+    outputs_agree(folded, model, torch.randn(32, 6, generator=generator))
+
+
+@pytest.mark.parametrize(
+    "layers, match",
+    [
+        (lambda bn: [nn.Linear(4, 4), nn.ReLU(), bn], "follows ReLU and is followed by the end of the model"),
+        (lambda bn: [nn.Linear(4, 4), nn.ReLU(), bn, nn.ReLU(), nn.Linear(4, 2)], "follows ReLU and is followed by ReLU"),
+        (lambda bn: [nn.Linear(4, 4), nn.Tanh(), bn, nn.Sigmoid()], "follows Tanh and is followed by Sigmoid"),
+    ],
+    ids=["relu-end", "between-relus", "between-other-nonlinearities"],
+)
+def test_batchnorm_with_a_nonlinearity_on_both_sides_is_refused(layers, match):
+    bn = random_statistics(nn.BatchNorm1d(4), torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match=match):
+        fold_batchnorms(nn.Sequential(*layers(bn)).eval())
 
 
 def test_batchnorm_inside_another_container_is_refused():
@@ -324,8 +409,29 @@ def test_folding_a_cnn_in_train_mode_or_not_sequential_is_refused():
         fold_conv_batchnorms(trained_like_cnn(CNNConfig(channels=(4,))).train())
     with pytest.raises(ValueError, match="model must be an nn.Sequential"):
         fold_conv_batchnorms(nn.Conv2d(1, 1, 1))
-    with pytest.raises(ValueError, match="contains BatchNorm inside it"):
-        fold_conv_batchnorms(nn.Sequential(nn.Sequential(nn.Conv2d(1, 2, 1), nn.BatchNorm2d(2))).eval())
+
+
+class ConvBlock(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv, self.bn = nn.Conv2d(1, 2, 1), nn.BatchNorm2d(2)
+
+    def forward(self, x):
+        return self.bn(self.conv(x))
+
+
+def test_folding_a_cnn_expands_nested_sequentials_and_refuses_other_containers():
+    generator = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)
+    block = nn.Sequential(nn.Conv2d(1, 2, 3), random_statistics(nn.BatchNorm2d(2), generator), nn.ReLU())
+    model = nn.Sequential(block, nn.Flatten()).eval()
+    folded = fold_conv_batchnorms(model)
+    assert [type(m).__name__ for m in folded] == ["Conv2d", "ReLU", "Flatten"]
+    x = torch.randn(2, 1, 6, 6, generator=generator)
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), model(x), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="contains BatchNorm inside a module that is not an nn.Sequential"):
+        fold_conv_batchnorms(nn.Sequential(ConvBlock()).eval())
 
 
 def test_a_cnn_without_batchnorm_folds_to_an_equal_copy():

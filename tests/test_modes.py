@@ -8,6 +8,7 @@ from torch import nn
 
 from bnlab import modes
 from bnlab.data import Split
+from bnlab.layers import batchnorm_layers
 from bnlab.models import MLPConfig, build_mlp
 from bnlab.training import TrainConfig, train_mlp
 
@@ -73,6 +74,21 @@ def test_preserved_state_restores_even_when_the_block_raises(model, batch):
             model(batch)
             raise RuntimeError("boom")
     assert same_state(before, model) and not any(flags(model))
+
+
+@pytest.mark.parametrize("convert", ["double", "half"])
+def test_preserved_state_restores_buffers_when_the_block_changes_the_dtype(model, batch, convert):
+    model.eval()
+    before = clone_state(model)
+    with modes.preserved_state(model):
+        getattr(model, convert)()
+        model.train()
+        model(batch.to(model[1].weight.dtype))  # running statistics move, in the new dtype
+    for name, value in model.state_dict().items():
+        assert value.dtype == (before[name].dtype if name.endswith("num_batches_tracked") else getattr(torch, {
+            "double": "float64", "half": "float16"}[convert]))  # the block's dtype stays
+        assert torch.equal(value, before[name].to(value.dtype)), name  # the values from before come back
+    assert not any(flags(model))
 
 
 def test_evaluation_batches_cover_every_index_once_and_merge_a_lone_last_example_in_train_mode():
@@ -200,15 +216,15 @@ def test_preserved_state_rejects_what_is_not_a_module():
 
 
 def test_plain_bn_eval_is_undone_by_model_train(model):
-    for layer in modes.batchnorm_layers(model):
+    for _, layer in batchnorm_layers(model):
         layer.eval()
     model.train()
-    assert all(layer.training for layer in modes.batchnorm_layers(model))
+    assert all(layer.training for _, layer in batchnorm_layers(model))
 
 
 def test_freeze_keeps_batchnorm_in_eval_mode_across_model_train_and_other_layers_follow(model):
     frozen = modes.freeze_batchnorm(model)
-    assert frozen == modes.batchnorm_layers(model) and len(frozen) == 2
+    assert frozen == [layer for _, layer in batchnorm_layers(model)] and len(frozen) == 2
     model.train()
     assert not any(layer.training for layer in frozen)
     assert all(m.training for m in model.modules() if not isinstance(m, nn.BatchNorm1d))
@@ -293,7 +309,7 @@ def test_a_frozen_model_stays_frozen_after_deepcopy_and_torch_save(model):
     loaded = torch.load(buffer, weights_only=False)
     for other in (copied, loaded):
         other.train()
-        layers = modes.batchnorm_layers(other)
+        layers = [layer for _, layer in batchnorm_layers(other)]
         assert not any(layer.training for layer in layers)
         assert all(layer.train.layer is layer for layer in layers)  # each record points at its own copy's layer
     assert set(model.state_dict()) == set(build_mlp().state_dict())  # freezing adds nothing to the state dict

@@ -87,28 +87,12 @@ def test_synthetic_batches_reject_sizes_batchnorm_cannot_use(kwargs):
         running_stats.synthetic_batches(**kwargs)
 
 
-def test_plots_label_each_setting():
-    import matplotlib.pyplot as plt
-
-    fig = running_stats.trajectory_grid((0.5, 0.01), (8, 64), steps=20)
-    titles = [ax.get_title() for ax in fig.axes]
-    assert titles == ["momentum 0.5, batch size 8", "momentum 0.5, batch size 64",
-                      "momentum 0.01, batch size 8", "momentum 0.01, batch size 64"]
-    plt.close(fig)
-    fig = running_stats.running_mean_figure(momentum=0.1, batch_size=32, steps=20)
-    line = fig.axes[0].get_lines()[0]
-    assert torch.allclose(torch.tensor(line.get_ydata(), dtype=torch.float64),
-                          running_stats.running_mean_trajectory(momentum=0.1, batch_size=32, steps=20))
-    assert "44 updates" in fig.axes[0].get_title()  # 0.9^44 <= 1 % < 0.9^43
-    plt.close(fig)
-
-
 # --- BatchNorm layers in a model ---------------------------------------------------------------------------------
 
 
-def test_batchnorm_layers_lists_only_layers_with_running_statistics():
+def test_tracked_layers_lists_only_layers_with_running_statistics():
     model = nn.Sequential(nn.BatchNorm1d(3), nn.BatchNorm1d(3, track_running_stats=False), nn.BatchNorm2d(2))
-    assert [name for name, _ in running_stats.batchnorm_layers(model)] == ["0", "2"]
+    assert [name for name, _ in running_stats.tracked_layers(model)] == ["0", "2"]
 
 
 def test_set_momentum_sets_every_layer_and_rejects_a_model_without_batchnorm():
@@ -218,10 +202,30 @@ def test_with_precise_bn_leaves_the_original_alone():
     assert not torch.equal(twin[1].running_mean, torch.zeros(5))
 
 
-def test_precise_bn_skips_layers_without_running_statistics():
-    model = nn.Sequential(nn.BatchNorm1d(6, track_running_stats=False), nn.BatchNorm1d(6))
+def test_precise_bn_skips_layers_without_running_statistics_after_the_last_one_with_them():
+    model = nn.Sequential(nn.BatchNorm1d(6), nn.Linear(6, 3), nn.BatchNorm1d(3, track_running_stats=False))
     assert running_stats.precise_bn(model, known_data()) == 1
-    assert model[0].running_mean is None
+    assert model[2].running_mean is None
+    torch.testing.assert_close(model[0].running_mean, known_data().double().mean(0).float())
+
+
+def test_precise_bn_refuses_a_layer_without_running_statistics_before_one_with_them():
+    model = nn.Sequential(nn.BatchNorm1d(6, track_running_stats=False), nn.Linear(6, 3), nn.BatchNorm1d(3))
+    with pytest.raises(ValueError, match=r"'0' has no running statistics .* runs before '2'.*depend on batch_size"):
+        running_stats.precise_bn(model, known_data(), batch_size=7)
+    assert torch.equal(model[2].running_mean, torch.zeros(3))  # nothing changed
+    assert model.training and all(m.training for m in model)
+
+
+@pytest.mark.parametrize("batch_size", [1, 7, 299])  # 300 rows: batches of 1, or a last batch of one row
+def test_precise_bn_takes_batches_of_a_single_row(batch_size):
+    model = nn.Sequential(nn.BatchNorm1d(6), nn.Linear(6, 3), nn.BatchNorm1d(3), nn.ReLU(),
+                          nn.BatchNorm1d(3, track_running_stats=False))
+    reference = copy.deepcopy(model)
+    running_stats.precise_bn(model, known_data(), batch_size=batch_size)
+    running_stats.precise_bn(reference, known_data(), batch_size=300)
+    for a, b in zip(model.buffers(), reference.buffers()):
+        torch.testing.assert_close(a, b)
 
 
 def test_precise_bn_rejects_a_model_without_batchnorm():

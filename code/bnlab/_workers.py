@@ -1,6 +1,7 @@
 """Worker processes for ``bnlab.experiments``: each holds one data set and computes with a fixed number of threads.
 
-The data set is copied once into shared memory, which every worker maps (nothing big goes through a pipe).
+The data set is copied once into shared memory, which every worker maps (nothing big goes through a pipe) and
+copies into its own memory.
 Workers start with ``forkserver`` where it exists, else ``spawn``: a fresh interpreter that imports ``bnlab``,
 safe in a notebook kernel (which ``fork`` is not). The function a worker runs must be importable from ``bnlab``.
 """
@@ -15,7 +16,7 @@ import warnings
 
 import torch
 
-from .data import Dataset, Split
+from .data import Dataset, Split, empty_on_huge_pages
 
 _data: Dataset | None = None  # in a worker: the data set every task uses
 
@@ -33,16 +34,24 @@ def using_threads(threads: int | None):
 
 
 def _start(data: Dataset, threads: int) -> None:
+    """Runs once in each worker: its own copy of the images, on huge pages as ``load_mnist`` keeps them (training
+    gathers its batches at random from the whole split), and ``threads`` threads."""
     global _data
     torch.set_num_threads(threads)
-    _data = data
+
+    def own(split: Split) -> Split:
+        return Split(empty_on_huge_pages(tuple(split.images.shape), split.images.dtype).copy_(split.images),
+                     split.labels.clone())
+
+    _data = Dataset(data.name, own(data.train), own(data.val), own(data.test))
 
 
 def _ready() -> int:
     return os.getpid()
 
 
-def _call(fn, task):
+def call_with_data(fn, task):
+    """What a worker runs for a task: ``fn(task, data)`` with the worker's data set."""
     return fn(task, _data)
 
 
@@ -100,7 +109,7 @@ def results(fn, tasks: list, data: Dataset, *, workers: int, threads: int | None
             yield task, result
         return
     try:
-        futures = {pool.submit(_call, fn, task): task for task in tasks}
+        futures = {pool.submit(call_with_data, fn, task): task for task in tasks}
         for future in concurrent.futures.as_completed(futures):
             task = futures[future]
             try:

@@ -28,12 +28,24 @@ Eval mode normalises with the running statistics and changes nothing::
 
 One class, ``BatchNorm``, does the work for every shape; ``BatchNorm1d`` and ``BatchNorm2d`` only say which input
 shapes they accept, as PyTorch's classes of the same names do.
+
+What BatchNorm does to a network's activations while it trains: ``preactivations`` reads what reaches a ReLU
+(BatchNorm's output where BatchNorm sits before it, the Linear layer's output where there is none), and
+``preactivations_during_training`` records it before training and after chosen epochs.
 """
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 from torch import nn
+
+from .data import Dataset
+from .layers import model_device
+from .models import build_model
+from .modes import preserved_state
+from .training import TrainConfig, seed_everything, train
 
 
 def channel_dims(ndim: int) -> tuple[int, ...]:
@@ -187,3 +199,83 @@ def max_differences(
         for name in ("running_mean", "running_var", "num_batches_tracked"):
             note(name, getattr(ours, name), getattr(reference, name))
     return worst
+
+
+# --- What reaches the activations, during training ------------------------------------------------------------
+
+
+def preactivations(model: nn.Module, inputs: torch.Tensor, *, layer: int = 0) -> torch.Tensor:
+    """What reaches the model's ``layer``-th ``nn.ReLU`` (counted from 0) for ``inputs``: a ``(N, units)`` tensor
+    on the CPU. With BatchNorm before the ReLU that is BatchNorm's output; without BatchNorm, the Linear layer's.
+
+    Computed as during training: in train mode, so that BatchNorm normalises with the statistics of ``inputs``
+    (give it a batch of a realistic size). Nothing changes: no gradients are taken, and the model's mode flags and
+    buffers (BatchNorm's running statistics) are as they were afterwards.
+    """
+    relus = [m for m in model.modules() if isinstance(m, nn.ReLU)]
+    if not relus:
+        raise ValueError("model has no nn.ReLU: preactivations reads the input of a ReLU layer.")
+    if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < len(relus):
+        raise ValueError(
+            f"layer must be an integer from 0 to {len(relus) - 1} (the model has {len(relus)} ReLU layers); "
+            f"got {layer!r}."
+        )
+    seen = []
+
+    def record(module, args):
+        seen.append(args[0].detach().flatten(1).cpu())
+
+    handle = relus[layer].register_forward_pre_hook(record)
+    try:
+        with preserved_state(model), torch.no_grad():
+            model.train()
+            model(inputs.to(model_device(model)))
+    finally:
+        handle.remove()
+    return seen[0]
+
+
+def preactivations_during_training(
+    model_config,
+    data: Dataset,
+    config: TrainConfig = TrainConfig(),
+    *,
+    epochs: tuple[int, ...] = (0, 1, 5, 20),
+    layer: int = 0,
+    probe_size: int = 1_000,
+    device: str | torch.device | None = None,
+) -> dict[int, torch.Tensor]:
+    """Build the model ``model_config`` describes (seeded with ``config.seed``), train it with ``config``'s
+    settings, and return ``{epoch: preactivations(model, probe, layer=layer)}`` for every epoch in ``epochs``
+    (0: before training). The probe is the first ``probe_size`` validation images: the same images every time,
+    none of them trained on.
+
+    Training runs in segments, one ``bnlab.training.train`` call from one recorded epoch to the next; each segment
+    draws its batch order from the seed ``config.seed + the epoch it starts at``. ``config.epochs`` is not used
+    (the last recorded epoch is where training stops). Plain SGD only: a momentum would restart at every segment.
+    """
+    epochs = tuple(epochs)
+    if not epochs or any(isinstance(e, bool) or not isinstance(e, int) for e in epochs) or epochs[0] < 0 or any(
+        a >= b for a, b in zip(epochs, epochs[1:])
+    ):
+        raise ValueError(f"epochs must be increasing whole numbers from 0 up, e.g. (0, 1, 5, 20); got {epochs!r}.")
+    if config.momentum != 0:
+        raise ValueError(
+            f"config.momentum must be 0 (plain SGD): training runs in segments and would restart it; "
+            f"got {config.momentum!r}."
+        )
+    if isinstance(probe_size, bool) or not isinstance(probe_size, int) or not 2 <= probe_size <= len(data.val):
+        raise ValueError(
+            f"probe_size must be an integer from 2 to {len(data.val)} (the validation images); got {probe_size!r}."
+        )
+    seed_everything(config.seed)
+    model = build_model(model_config)
+    probe = data.val.images[:probe_size]
+    recorded, trained = {}, 0
+    for epoch in epochs:
+        if epoch > trained:
+            segment = dataclasses.replace(config, epochs=epoch - trained, seed=config.seed + trained)
+            train(model, data, dataclasses.replace(segment, record_train_acc=False), device=device, progress=False)
+            trained = epoch
+        recorded[epoch] = preactivations(model, probe, layer=layer)
+    return recorded

@@ -2,33 +2,43 @@
 
 One run measures, on the same machine and the same number of threads:
 
-* **samples/s** of the whole training step (data loading, forward, backward, SGD update) for the lecture's
-  784-75-45-10 MLP at batch 256, three ways: the standard pipeline (torchvision's ``MNIST`` with ``ToTensor()``
-  through a ``DataLoader``, the lecture's code), bnlab's loop with the plain autograd step, and bnlab's loop with
-  ``FusedMLPStep``; and the speed-up of bnlab over the standard pipeline;
+* **samples/s** of the whole training step (batch, forward, backward, SGD update) for the lecture's 784-75-45-10
+  MLP at batch 256: the standard pipeline (torchvision's ``MNIST`` with ``ToTensor()`` through a ``DataLoader``,
+  the lecture's code), bnlab's plain loop (``bnlab.training``: data on the device, batches by index, the plain
+  step), bnlab's loop with the fused step (``bnlab.fast.FusedEngine``, bitwise the same results) and, on CUDA,
+  with that step replayed as a CUDA graph (``bnlab.fast.GraphEngine``); and the speed-ups between them;
 * the **matmul peak**: the FLOP/s of a large float32 matrix product on the same threads, and the fraction of it
   the training loop achieves, counting the FLOPs of its matmuls exactly (``training_flops``);
-* the **lecture's reference run**: 50 epochs of 60,000 images at batch 256 (``drop_last``: 234 steps an epoch),
-  through ``bnlab.training.train``, with and without its per-epoch evaluation, and its FLOP floor (its FLOPs
-  divided by the measured matmul peak). Timing does not depend on pixel values, so it trains on random
-  MNIST-shaped data.
+* **seeds**: ``Sizes.seeds`` seeds trained one after another, in ``bnlab.experiments``' worker processes (CPU)
+  or stacked (``bnlab.fast.stacked``, CUDA), with the speed-up and a seed's share of the time against its FLOP
+  floor;
+* the **lecture's reference run**: 50 epochs of 60,000 images at batch 256 (``drop_last``: 234 steps an epoch)
+  with ``bnlab.fast.default_engine()``, the training steps alone and all of ``bnlab.training.train`` (with its
+  per-epoch evaluation of the training and validation splits, as the lecture's run reports them), and its FLOP
+  floor (its FLOPs divided by the measured matmul peak). Timing does not depend on pixel values, so it trains on
+  random MNIST-shaped data.
 
 Every timing is taken three times and the fastest is reported: work that shares the machine only ever adds
 time. The host's speed drifts, though, so a ratio of two timings is only fair when they were taken together: the
-measurements run in rounds (standard pipeline, then bnlab's loop; matmul peak, then the reference run), and each
-ratio is reported as the median of its rounds, with their range. ``--quick`` runs every measurement once, on tiny
-sizes, in seconds (a smoke test, not a measurement).
+measurements run in rounds (every rate in ``RATES`` once, back to back; the matmul peak, then the reference run),
+and each ratio is reported as the median of its rounds, with their range. ``--quick`` runs every measurement once,
+on tiny sizes, in seconds (a smoke test, not a measurement).
+
+Rows are named. A new rate is one more ``RateRow`` in ``RATES`` (it is then timed in every round and gets its
+row); a new ratio between two rates is one more entry in ``RATIOS``.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import os
 import platform
 import sys
 import time
 from dataclasses import dataclass, replace
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -37,10 +47,14 @@ from torchvision import transforms
 from torchvision.datasets import MNIST
 from torchvision.datasets.vision import VisionDataset
 
+from . import _workers
 from .data import DATA_ENV, Dataset, Split, data_root, read_subset_marker, to_float
-from .models import build_mlp
+from .experiments import seed_workers
+from .fast import FusedEngine, GraphEngine, default_engine
+from .fast.stacked import train_stacked
+from .models import MLPConfig, build_mlp
 from .stats import Spread
-from .training import AutogradStep, Engine, StepLoop, TrainConfig, epoch_order, make_step, pick_device, to_device, train
+from .training import Engine, TrainConfig, epoch_order, pick_device, to_device, train, train_epoch, train_model
 
 LECTURE_SIZES = (784, 75, 45, 10)
 RANDOM_DATA = "random MNIST-shaped data"
@@ -196,31 +210,28 @@ def standard_rate(dataset, *, batch_size: int = 256, steps: int = 100, warmup: i
     return Rate(steps * batch_size, time.perf_counter() - start)
 
 
-def bnlab_rate(
-    data: Dataset, *, batch_size: int = 256, epochs: int = 3, device="cpu", engine: Engine = Engine()
-) -> Rate:
-    """Samples/s of bnlab's training loop (``StepLoop`` with the step ``make_step`` picks for ``engine``) on the
-    lecture's MLP, over ``epochs`` timed epochs of ``data.train`` after one warm-up epoch."""
+def loop_rate(data: Dataset, engine: Engine, *, batch_size: int = 256, epochs: int = 3, device="cpu") -> Rate:
+    """Samples/s of bnlab's training loop (``bnlab.training.train_epoch`` with ``engine``'s step) on the lecture's
+    MLP, over ``epochs`` timed epochs of ``data.train`` after one warm-up epoch."""
     device = torch.device(device)
     torch.manual_seed(0)
-    model = build_mlp().to(device)
-    model.train()
+    model = build_mlp().to(device).train()
+    step = engine.make_step(model, torch.optim.SGD(model.parameters(), lr=0.1))
     split = to_device(data, device).train
-    loop = StepLoop(model, make_step(model, lr=0.1, engine=engine), split, batch_size, graphs=engine.cuda_graphs)
     generator = torch.Generator().manual_seed(0)
-    loop.epoch(epoch_order(len(split), generator, device))
+    train_epoch(step, split, epoch_order(len(split), generator, device), batch_size)
     synchronize(device)
     start = time.perf_counter()
     for _ in range(epochs):
-        loss = loop.epoch(epoch_order(len(split), generator, device))
+        loss = train_epoch(step, split, epoch_order(len(split), generator, device), batch_size)
     loss.item()
-    return Rate(epochs * len(loop) * batch_size, time.perf_counter() - start)
+    return Rate(epochs * (len(split) // batch_size) * batch_size, time.perf_counter() - start)
 
 
 @dataclass(frozen=True)
 class ReferenceRun:
     """The lecture's reference run, timed: ``train_seconds`` for the training steps alone, ``total_seconds``
-    for ``bnlab.training.train`` with its per-epoch evaluation (train and validation accuracy)."""
+    for ``bnlab.training.train`` with its per-epoch evaluation (training and validation accuracy)."""
 
     epochs: int
     images: int
@@ -240,30 +251,73 @@ class ReferenceRun:
 
 def reference_run(
     *, epochs: int = 50, images: int = 60_000, val_images: int = 6_000, batch_size: int = 256, device="cpu",
-    engine: Engine = Engine(),
+    engine: Engine | None = None,
 ) -> ReferenceRun:
-    """Time the reference run twice on random MNIST-shaped data: the training steps alone (``StepLoop``, one
-    permutation per epoch, as ``train`` runs them), and all of ``train`` (which also evaluates train and
+    """Time the reference run twice on random MNIST-shaped data with ``engine`` (default
+    ``bnlab.fast.default_engine()``): the training steps alone (``train_epoch``, one permutation per epoch, as
+    ``train`` runs them), and all of ``train`` with ``record_train_acc`` (which also evaluates training and
     validation accuracy after every epoch; the final test evaluation is not counted)."""
+    engine = default_engine() if engine is None else engine
     device = torch.device(device)
     data = to_device(random_mnist(images, n_val=val_images, n_test=batch_size), device)
 
     torch.manual_seed(0)
-    model = build_mlp().to(device)
-    model.train()
-    loop = StepLoop(model, make_step(model, lr=0.1, engine=engine), data.train, batch_size, graphs=engine.cuda_graphs)
+    model = build_mlp().to(device).train()
+    step = engine.make_step(model, torch.optim.SGD(model.parameters(), lr=0.1))
     generator = torch.Generator().manual_seed(0)
     synchronize(device)
     start = time.perf_counter()
     for _ in range(epochs):
-        loss = loop.epoch(epoch_order(images, generator, device))
+        loss = train_epoch(step, data.train, epoch_order(images, generator, device), batch_size)
     loss.item()
     train_seconds = time.perf_counter() - start
 
     torch.manual_seed(0)
-    config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=0.1, seed=0)  # default eval_batch_size
+    config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=0.1, seed=0, record_train_acc=True)
     history = train(build_mlp(), data, config, device=device, progress=False, engine=engine)
     return ReferenceRun(epochs, images, val_images, batch_size, train_seconds, history.seconds)
+
+
+def train_seed(task: tuple[int, int, int], data: Dataset) -> None:
+    """Train the lecture's MLP for one seed, as ``bnlab.experiments`` does (what a worker process runs)."""
+    seed, epochs, batch_size = task
+    train_model(MLPConfig(), data, TrainConfig(epochs=epochs, batch_size=batch_size, seed=seed), device="cpu",
+                progress=False, engine=default_engine())
+
+
+def seeds_rate(data: Dataset, *, how: str, seeds: int = 5, epochs: int = 3, batch_size: int = 256,
+               device="cpu") -> Rate:
+    """Samples/s, all seeds together, of training ``seeds`` seeds of the lecture's MLP with per-epoch validation:
+    ``how="one after another"`` in this process with all its threads; ``"workers"`` in worker processes with the
+    threads divided between them, as ``bnlab.experiments.run_seeds`` runs them (their start is not timed);
+    ``"stacked"`` as one stacked model (``bnlab.fast.stacked``)."""
+    device = torch.device(device)
+    samples = seeds * epochs * (len(data.train) // batch_size) * batch_size
+    tasks = [(seed, epochs, batch_size) for seed in range(seeds)]
+    if how == "workers":
+        workers = seed_workers(None, "cpu")
+        pool = _workers.start(data, workers, max(1, torch.get_num_threads() // workers)) if workers > 1 else None
+        if pool is None:
+            return seeds_rate(data, how="one after another", seeds=seeds, epochs=epochs, batch_size=batch_size)
+        try:
+            start = time.perf_counter()
+            for future in [pool.submit(_workers.call_with_data, train_seed, task) for task in tasks]:
+                future.result()
+            return Rate(samples, time.perf_counter() - start)
+        finally:
+            _workers.stop(pool)
+    start = time.perf_counter()
+    if how == "stacked":
+        train_stacked(MLPConfig(), data, TrainConfig(epochs=epochs, batch_size=batch_size), range(seeds), device=device,
+                      progress=False)
+    elif how == "one after another":
+        for seed, *_ in tasks:
+            train_model(MLPConfig(), data, TrainConfig(epochs=epochs, batch_size=batch_size, seed=seed),
+                        device=device, progress=False, engine=default_engine())
+    else:
+        raise ValueError(f"how must be 'one after another', 'workers' or 'stacked'; got {how!r}.")
+    synchronize(device)
+    return Rate(samples, time.perf_counter() - start)
 
 
 # --- the table ---------------------------------------------------------------------------------------------------
@@ -283,11 +337,97 @@ class Sizes:
     val_images: int = 6_000
     batch_size: int = 256
     repeats: int = 3  # every timing is taken this often and the fastest kept: other work only ever adds time
+    seeds: int = 5  # seeds trained together or one after another
+    seed_epochs: int = 3  # epochs per seed there
 
     @classmethod
     def quick(cls) -> "Sizes":
         return cls(peak_n=256, standard_steps=4, standard_warmup=1, rate_images=1_024, rate_epochs=1,
-                   epochs=2, images=1_024, val_images=256, repeats=1)
+                   epochs=2, images=1_024, val_images=256, repeats=1, seeds=2, seed_epochs=1)
+
+
+@dataclass(frozen=True)
+class Setup:
+    """What every rate measurement gets: the sizes, the device, the standard pipeline's data set (and its
+    description) and bnlab's random MNIST-shaped data."""
+
+    sizes: Sizes
+    device: torch.device
+    dataset: object
+    dataset_description: str
+    data: Dataset
+
+    @functools.cached_property
+    def seeds_data(self) -> Dataset:
+        return random_mnist(self.sizes.rate_images, n_val=self.sizes.val_images, n_test=self.sizes.batch_size)
+
+
+@dataclass(frozen=True)
+class RateRow:
+    """One samples/s row: its name, how it is measured (the table's note) and the measurement. ``cuda_only``
+    rows are left out on other devices, ``cpu_only`` rows on a GPU."""
+
+    name: str
+    how: Callable[[Setup], str]
+    measure: Callable[[Setup], Rate]
+    cuda_only: bool = False
+    cpu_only: bool = False
+
+
+def _loop(engine: Engine) -> Callable[[Setup], Rate]:
+    return lambda s: loop_rate(s.data, engine, batch_size=s.sizes.batch_size, epochs=s.sizes.rate_epochs,
+                               device=s.device)
+
+
+RATES = (
+    RateRow(
+        "standard pipeline",
+        lambda s: f"DataLoader(batch {s.sizes.batch_size}, shuffle, 0 workers) + ToTensor(), autograd step; "
+                  f"{s.dataset_description}",
+        lambda s: standard_rate(s.dataset, batch_size=s.sizes.batch_size, steps=s.sizes.standard_steps,
+                                warmup=s.sizes.standard_warmup, device=s.device),
+    ),
+    RateRow("bnlab, plain loop", lambda s: "bnlab.training: data on the device, batches by index, the plain step",
+            _loop(Engine())),
+    RateRow("bnlab, fused step", lambda s: "the same loop with bnlab.fast.FusedEngine (bitwise the same results)",
+            _loop(FusedEngine())),
+    RateRow("bnlab, fused step in a CUDA graph", lambda s: "bnlab.fast.GraphEngine: the fused step replayed",
+            _loop(GraphEngine()), cuda_only=True),
+)
+
+
+def _seeds(how: str) -> Callable[[Setup], Rate]:
+    return lambda s: seeds_rate(s.seeds_data, how=how, seeds=s.sizes.seeds, epochs=s.sizes.seed_epochs,
+                                batch_size=s.sizes.batch_size, device=s.device)
+
+
+def _seeds_how(where: Callable[[], str]) -> Callable[[Setup], str]:
+    return lambda s: (f"{s.sizes.seeds} seeds x {s.sizes.seed_epochs} epochs x {len(s.seeds_data.train):,} images, "
+                      f"validation on {len(s.seeds_data.val):,} every epoch, {where()}; all seeds together")
+
+
+def _workers_and_threads() -> str:
+    workers = seed_workers(None, "cpu")
+    return (f"as run_seeds runs them: {workers} process(es) x {max(1, torch.get_num_threads() // workers)} "
+            "thread(s) (starting the processes not timed)")
+
+
+RATES += (
+    RateRow("seeds one after another", _seeds_how(lambda: f"in this process, {torch.get_num_threads()} thread(s)"),
+            _seeds("one after another")),
+    RateRow("seeds in worker processes", _seeds_how(_workers_and_threads), _seeds("workers"), cpu_only=True),
+    RateRow("seeds stacked", _seeds_how(lambda: "as one stacked model (bnlab.fast.stacked)"), _seeds("stacked"),
+            cuda_only=True),
+)
+
+RATIOS = {  # ratio row -> (numerator rate, denominator rate), each taken within one round
+    "speed-up of the plain loop over the standard pipeline": ("bnlab, plain loop", "standard pipeline"),
+    "speed-up of the fused step over the standard pipeline": ("bnlab, fused step", "standard pipeline"),
+    "speed-up of the fused step over the plain loop": ("bnlab, fused step", "bnlab, plain loop"),
+    "speed-up of the CUDA graph over the fused step": ("bnlab, fused step in a CUDA graph", "bnlab, fused step"),
+    "speed-up of seeds in worker processes": ("seeds in worker processes", "seeds one after another"),
+    "speed-up of seeds stacked": ("seeds stacked", "seeds one after another"),
+}
 
 
 @dataclass(frozen=True)
@@ -297,84 +437,12 @@ class Row:
     note: str = ""
 
 
-ROW_NAMES = (
-    "matmul peak",
-    "FLOPs per training sample",
-    "standard pipeline",
-    "bnlab, autograd step",
-    "bnlab, fused step",
-    "speed-up over the standard pipeline",
-    "training-loop FLOP/s",
-    "reference run, training steps",
-    "reference run, with per-epoch evaluation",
-    "reference run, FLOP floor",
-    "reference run / FLOP floor",
-    "standard pipeline, reference run",
-)
-
-
-def run_benchmark(
-    *, sizes: Sizes = Sizes(), device="cpu", engine: Engine = Engine(), data_root_path=None, log=None
-) -> list[Row]:
-    """Every measurement, as table rows in the order of ``ROW_NAMES``. ``log`` (e.g. ``print``) hears progress."""
-    device = pick_device(device)
-    say = log or (lambda message: None)
-    flops = training_flops(LECTURE_SIZES)
-    batch = sizes.batch_size
-    rows = []
-    best = f"best of {sizes.repeats}"
-
-    say("timing the matmul peak ...")
-    peak = matmul_peak(n=sizes.peak_n, device=device)
-    rows.append(Row(ROW_NAMES[0], f"{peak / 1e9:,.1f} GFLOP/s", f"float32 ({sizes.peak_n}x{sizes.peak_n}) @ ({sizes.peak_n}x{sizes.peak_n}), best of 5"))
-    rows.append(Row(ROW_NAMES[1], f"{flops.total:,}", f"784-75-45-10 matmuls: forward {flops.forward:,} + backward {flops.backward:,}"))
-
-    # The host's speed drifts (other work shares it), so every ratio is taken between measurements made back to
-    # back, once per round, and reported as the median of the rounds with its range.
-    say(f"timing the standard DataLoader pipeline and bnlab's loop in turn, {sizes.repeats} rounds ...")
-    dataset, description = standard_dataset(data_root_path, size=max(sizes.rate_images, batch))
-    data = random_mnist(sizes.rate_images)
-    rounds = []
-    for _ in range(sizes.repeats):
-        standard = standard_rate(dataset, batch_size=batch, steps=sizes.standard_steps, warmup=sizes.standard_warmup, device=device)
-        autograd = bnlab_rate(data, batch_size=batch, epochs=sizes.rate_epochs, device=device,
-                              engine=Engine(fused=False, cuda_graphs=engine.cuda_graphs, amp=engine.amp))
-        fused = bnlab_rate(data, batch_size=batch, epochs=sizes.rate_epochs, device=device, engine=engine)
-        rounds.append((standard, autograd, fused))
-    standard, autograd, fused = (max((r[i] for r in rounds), key=lambda rate: rate.per_second) for i in range(3))
-    step_name = "AutogradStep under bfloat16 autocast" if engine.amp else "FusedMLPStep"
-    graphs = ", CUDA graph" if engine.cuda_graphs and device.type == "cuda" else ""
-    rows.append(Row(ROW_NAMES[2], f"{standard.per_second:,.0f} samples/s",
-                    f"DataLoader(batch {batch}, shuffle, 0 workers) + ToTensor(), autograd step; {description}; {best}"))
-    rows.append(Row(ROW_NAMES[3], f"{autograd.per_second:,.0f} samples/s", f"data on the device, batches by index, AutogradStep{graphs}; {best}"))
-    rows.append(Row(ROW_NAMES[4], f"{fused.per_second:,.0f} samples/s", f"data on the device, batches by index, {step_name}{graphs}; {best}"))
-    speedup = Spread.of([f.per_second / s.per_second for s, _, f in rounds])
-    rows.append(Row(ROW_NAMES[5], f"{speedup.median:,.1f}x", f"bnlab, fused step / standard pipeline, timed in turn; {describe_rounds(speedup)}"))
-    achieved = fused.per_second * flops.total
-    rows.append(Row(ROW_NAMES[6], f"{achieved / 1e9:,.1f} GFLOP/s", f"{achieved / peak:.0%} of the matmul peak (bnlab, fused step)"))
-
-    say(f"timing the reference run ({sizes.epochs} epochs x {sizes.images:,} images), {2 * sizes.repeats} times, "
-        "each after the matmul peak ...")
-    runs = []
-    for _ in range(sizes.repeats):
-        run_peak = matmul_peak(n=sizes.peak_n, device=device)
-        run = reference_run(epochs=sizes.epochs, images=sizes.images, val_images=sizes.val_images, batch_size=batch,
-                            device=device, engine=engine)
-        runs.append((run_peak, run))
-    ref = min((run for _, run in runs), key=lambda r: r.train_seconds)
-    ref = replace(ref, total_seconds=min(run.total_seconds for _, run in runs))
-    work = ref.samples * flops.total
-    floor = work / max(peak, *(run_peak for run_peak, _ in runs))
-    to_floor = Spread.of([run.train_seconds * run_peak / work for run_peak, run in runs])
-    shape = f"{ref.epochs} epochs x {ref.images // batch} steps x batch {batch}"
-    rows.append(Row(ROW_NAMES[7], f"{ref.train_seconds:,.2f} s", f"{shape}; {RANDOM_DATA}; {best}"))
-    rows.append(Row(ROW_NAMES[8], f"{ref.total_seconds:,.2f} s",
-                    f"bnlab.training.train: + train accuracy on {ref.images:,} and validation accuracy on {ref.val_images:,} images every epoch; {best}"))
-    rows.append(Row(ROW_NAMES[9], f"{floor:,.2f} s", f"{work / 1e9:,.0f} GFLOP / the best matmul peak measured"))
-    rows.append(Row(ROW_NAMES[10], f"{to_floor.median:,.2f}x",
-                    f"training steps / FLOP floor, each run against the peak measured just before it; {describe_rounds(to_floor)}"))
-    rows.append(Row(ROW_NAMES[11], f"{ref.samples / standard.per_second:,.1f} s", "extrapolated from the standard pipeline's samples/s"))
-    return rows
+def row(rows: list[Row], name: str) -> Row:
+    """The row called ``name``."""
+    for r in rows:
+        if r.what == name:
+            return r
+    raise KeyError(f"no row named {name!r}; the rows are {[r.what for r in rows]}")
 
 
 def describe_rounds(spread: Spread) -> str:
@@ -382,6 +450,72 @@ def describe_rounds(spread: Spread) -> str:
     if spread.n == 1:
         return "1 round"
     return f"median of {spread.n} rounds, {spread.low:,.2f}x to {spread.high:,.2f}x"
+
+
+def run_benchmark(*, sizes: Sizes = Sizes(), device="cpu", data_root_path=None, log=None) -> list[Row]:
+    """Every measurement, as named table rows. ``log`` (e.g. ``print``) hears progress."""
+    device = pick_device(device)
+    say = log or (lambda message: None)
+    flops = training_flops(LECTURE_SIZES)
+    batch = sizes.batch_size
+    best = f"best of {sizes.repeats}"
+    rows = []
+
+    say("timing the matmul peak ...")
+    peak = matmul_peak(n=sizes.peak_n, device=device)
+    rows.append(Row("matmul peak", f"{peak / 1e9:,.1f} GFLOP/s",
+                    f"float32 ({sizes.peak_n}x{sizes.peak_n}) @ ({sizes.peak_n}x{sizes.peak_n}), best of 5"))
+    rows.append(Row("FLOPs per training sample", f"{flops.total:,}",
+                    f"784-75-45-10 matmuls: forward {flops.forward:,} + backward {flops.backward:,}"))
+
+    # The host's speed drifts (other work shares it), so every ratio is taken between measurements made back to
+    # back, once per round, and reported as the median of the rounds with its range.
+    on_cuda = device.type == "cuda"
+    rates = [r for r in RATES if not (r.cuda_only and not on_cuda) and not (r.cpu_only and on_cuda)]
+    dataset, description = standard_dataset(data_root_path, size=max(sizes.rate_images, batch))
+    setup = Setup(sizes, device, dataset, description, random_mnist(sizes.rate_images))
+    say(f"timing {', '.join(r.name for r in rates)} in turn, {sizes.repeats} rounds ...")
+    rounds = [{r.name: r.measure(setup) for r in rates} for _ in range(sizes.repeats)]
+    fastest = {r.name: max((one[r.name] for one in rounds), key=lambda rate: rate.per_second) for r in rates}
+    for r in rates:
+        rows.append(Row(r.name, f"{fastest[r.name].per_second:,.0f} samples/s", f"{r.how(setup)}; {best}"))
+    for name, (a, b) in RATIOS.items():
+        if a in fastest and b in fastest:
+            ratio = Spread.of([one[a].per_second / one[b].per_second for one in rounds])
+            rows.append(Row(name, f"{ratio.median:,.1f}x", f"{a} / {b}, timed in turn; {describe_rounds(ratio)}"))
+    achieved = fastest["bnlab, fused step"].per_second * flops.total
+    rows.append(Row("training-loop FLOP/s", f"{achieved / 1e9:,.1f} GFLOP/s",
+                    f"{achieved / peak:.0%} of the matmul peak (bnlab, fused step)"))
+    parallel = "seeds in worker processes" if device.type != "cuda" else "seeds stacked"
+    if parallel in fastest:
+        to_peak = peak / (fastest[parallel].per_second * flops.total)
+        rows.append(Row(f"{parallel}: time per seed / FLOP floor", f"{to_peak:,.2f}x", "a seed's share of the wall "
+                        "time (with its validation) against its training FLOPs at the matmul peak"))
+
+    say(f"timing the reference run ({sizes.epochs} epochs x {sizes.images:,} images), {2 * sizes.repeats} times, "
+        "each after the matmul peak ...")
+    runs = []
+    for _ in range(sizes.repeats):
+        run_peak = matmul_peak(n=sizes.peak_n, device=device)
+        run = reference_run(epochs=sizes.epochs, images=sizes.images, val_images=sizes.val_images, batch_size=batch,
+                            device=device)
+        runs.append((run_peak, run))
+    ref = min((run for _, run in runs), key=lambda r: r.train_seconds)
+    ref = replace(ref, total_seconds=min(run.total_seconds for _, run in runs))
+    work = ref.samples * flops.total
+    floor = work / max(peak, *(run_peak for run_peak, _ in runs))
+    to_floor = Spread.of([run.train_seconds * run_peak / work for run_peak, run in runs])
+    shape = f"{ref.epochs} epochs x {ref.images // batch} steps x batch {batch}, {default_engine()!r}"
+    rows.append(Row("reference run, training steps", f"{ref.train_seconds:,.2f} s", f"{shape}; {RANDOM_DATA}; {best}"))
+    rows.append(Row("reference run, with per-epoch evaluation", f"{ref.total_seconds:,.2f} s",
+                    f"bnlab.training.train: + training accuracy on {ref.images:,} and validation accuracy on "
+                    f"{ref.val_images:,} images every epoch; {best}"))
+    rows.append(Row("reference run, FLOP floor", f"{floor:,.2f} s", f"{work / 1e9:,.0f} GFLOP / the best matmul peak measured"))
+    rows.append(Row("reference run / FLOP floor", f"{to_floor.median:,.2f}x",
+                    f"training steps / FLOP floor, each run against the peak measured just before it; {describe_rounds(to_floor)}"))
+    rows.append(Row("standard pipeline, reference run", f"{ref.samples / fastest['standard pipeline'].per_second:,.1f} s",
+                    "extrapolated from the standard pipeline's samples/s"))
+    return rows
 
 
 def environment(device: torch.device) -> dict[str, str]:
@@ -423,13 +557,12 @@ def parser() -> argparse.ArgumentParser:
     cli = argparse.ArgumentParser(
         prog="python -m bnlab.bench",
         description="Benchmark bnlab's training loop against the standard DataLoader + ToTensor pipeline, on this "
-        "machine: samples/s, FLOP/s against the measured matmul peak, and the lecture's 50-epoch reference run.",
+        "machine: samples/s of the plain loop and of the fused step, FLOP/s against the measured matmul peak, and "
+        "the lecture's 50-epoch reference run.",
     )
     cli.add_argument("--device", default=None, help="cpu or cuda (default: the best available)")
     cli.add_argument("--threads", type=int, default=None, help="CPU threads for PyTorch (default: PyTorch's choice)")
     cli.add_argument("--data", default=None, help=f"MNIST folder for the standard pipeline (default: ${DATA_ENV}, else ./data)")
-    cli.add_argument("--amp", action="store_true", help="bnlab's loop under bfloat16 autocast")
-    cli.add_argument("--no-cuda-graphs", action="store_true", help="bnlab's loop without CUDA graphs")
     cli.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test in seconds, not a measurement")
     return cli
 
@@ -442,11 +575,10 @@ def main(argv: list[str] | None = None) -> int:
                 raise ValueError(f"--threads must be a positive integer; got {args.threads}.")
             torch.set_num_threads(args.threads)
         device = pick_device(args.device)
-        engine = Engine(cuda_graphs=not args.no_cuda_graphs, amp=args.amp)
         sizes = Sizes.quick() if args.quick else Sizes()
         log = lambda message: print(message, file=sys.stderr, flush=True)  # noqa: E731
         wall, cpu = time.perf_counter(), time.process_time()
-        rows = run_benchmark(sizes=sizes, device=device, engine=engine, data_root_path=args.data, log=log)
+        rows = run_benchmark(sizes=sizes, device=device, data_root_path=args.data, log=log)
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)

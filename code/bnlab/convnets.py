@@ -36,7 +36,8 @@ from ._workers import using_threads
 from .data import Dataset, Split
 from .experiments import cache_dir, run_many, run_threads, seed_workers, write_json_atomic
 from .models import NORMS, CNNConfig, build_model
-from .modes import accuracy_in_mode, batchnorm_layers, freeze_batchnorm, model_device, preserved_state
+from .layers import batchnorm_layers, model_device
+from .modes import accuracy_in_mode, freeze_batchnorm, preserved_state
 from .training import TrainConfig, pick_device, train
 
 CACHE_FORMAT = 1  # bump when the meaning of a cached result changes
@@ -449,7 +450,7 @@ def _finetuned(model: nn.Module, new: Dataset, train_config: TrainConfig, bn_mod
     history = train(tuned, new, train_config, device=device, progress=False)
     shift = max(
         ((a.running_mean.cpu() - b.running_mean.cpu()).abs().max().item()
-         for a, b in zip(batchnorm_layers(tuned), batchnorm_layers(model))),
+         for (_, a), (_, b) in zip(batchnorm_layers(tuned), batchnorm_layers(model))),
         default=0.0,
     )
     return {"new_acc": history.test_acc, "loss": history.final.loss, "stats_shift": shift, "mismatch": mismatch}

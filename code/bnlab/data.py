@@ -1,8 +1,16 @@
 """MNIST as tensors on the training device.
 
-The course trains on MNIST through torchvision's own ``MNIST`` class (download on). Where there is no network,
-an offline root can be built from the official 10,000-image MNIST test set: the *MNIST-10k subset*, re-split
-into train, validation and test. Everything that shows results names the data set it came from.
+The course trains on MNIST through torchvision's own ``MNIST`` class (download on). Without a network, two kinds
+of offline root are built in torchvision's layout (``ROOT/MNIST/raw/...``), where ``MNIST(ROOT, download=True)``
+finds the files and downloads nothing:
+
+* ``build_mnist``: the full MNIST (60,000 training and 10,000 test images) from the official IDX files, checked
+  against the official MD5s of their uncompressed content. Results from it are labelled "MNIST".
+* ``build_subset``: the *MNIST-10k subset*, the official 10,000-image test set alone, re-split into train,
+  validation and test. Results from it are labelled "MNIST-10k subset", never "MNIST".
+
+Everything that shows results names the data set it came from (``Dataset.name``): "MNIST" only for the full
+official data; a run on the first few thousand training images says so.
 
 Where the data lives, in order:
 
@@ -35,10 +43,12 @@ SUBSET_MARKER = "bnlab-subset.json"
 FULL_VAL_SIZE = 6_000  # the lecture's split: validation = the last 6,000 training images
 HUGE_PAGE = 2 << 20  # bytes in one of Linux's transparent huge pages
 
-# The official test-set files, as torchvision lists them in MNIST.resources.
-T10K_FILES = {
-    "t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
-    "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c",
+# The official files' uncompressed content: name -> (MD5, bytes). torchvision keeps these files in MNIST/raw/.
+OFFICIAL_RAW = {
+    "train-images-idx3-ubyte": ("6bbc9ace898e44ae57da46a324031adb", 47_040_016),
+    "train-labels-idx1-ubyte": ("a25bea736e30d166cdddb491f175f624", 60_008),
+    "t10k-images-idx3-ubyte": ("2646ac647ad5339dbf082846283269ea", 7_840_016),
+    "t10k-labels-idx1-ubyte": ("27ae3e4e09519cfbb04c329615203637", 10_008),
 }
 RAW_FILES = {  # the raw IDX files torchvision reads: name -> (magic number, number of dimensions)
     "train-images-idx3-ubyte": (2051, 3),
@@ -116,21 +126,28 @@ def load_mnist(
     """Load MNIST through ``torchvision.datasets.MNIST`` and split it as the lecture does.
 
     Validation is the last 6,000 training images (for the MNIST-10k subset, the size its marker file records).
-    ``train_samples`` keeps only the first that many training images (a smaller, faster run).
-    Pixels are scaled to [0, 1], exactly what ``transforms.ToTensor()`` gives, without per-sample work.
+    ``train_samples`` keeps only the first that many training images (a smaller, faster run); the data set's
+    name then says so, e.g. "MNIST (first 3,000 training images)". Pixels are scaled to [0, 1], exactly what
+    ``transforms.ToTensor()`` gives, without per-sample work.
+
+    Every raw file is checked before it is used: its size against its own header, and its MD5 against the
+    official file's (or, for the MNIST-10k subset, the one its marker records). A missing, truncated or corrupt
+    file raises ``DataError`` naming the file and what to do.
     """
     from torchvision.datasets import MNIST
 
+    if train_samples is not None and (isinstance(train_samples, bool) or not isinstance(train_samples, int) or train_samples <= 0):
+        raise ValueError(f"train_samples must be a positive number of images or None (all); got {train_samples!r}.")
     root = data_root(root)
     raw = root / "MNIST" / "raw"
     marker = read_subset_marker(root)
-    check_raw_files(raw, marker)
+    checked = check_raw_files(raw, marker)
     try:
         train = MNIST(str(root), train=True, download=download)
         test = MNIST(str(root), train=False, download=download)
     except RuntimeError as err:  # torchvision: "Dataset not found" or "Error downloading ..."
         raise DataError(missing_data_message(root, err)) from err
-    check_raw_files(raw, marker)  # what a download just wrote, too
+    check_raw_files(raw, marker, skip=checked)  # what a download just wrote
 
     val_size = marker["val_size"] if marker else FULL_VAL_SIZE
     images = to_float(train.data)
@@ -138,14 +155,12 @@ def load_mnist(
     n_train = len(labels) - val_size
     if n_train <= 0:
         raise DataError(f"{raw}: {len(labels)} training images cannot hold a validation split of {val_size}.")
-    if train_samples is not None:
-        if train_samples <= 0:
-            raise ValueError(f"train_samples must be a positive number of images; got {train_samples}.")
-        n_keep = min(train_samples, n_train)
-    else:
-        n_keep = n_train
+    n_keep = n_train if train_samples is None else min(train_samples, n_train)
+    name = marker["name"] if marker else FULL_NAME
+    if n_keep < n_train:
+        name = f"{name} (first {n_keep:,} training images)"
     return Dataset(
-        name=marker["name"] if marker else FULL_NAME,
+        name=name,
         train=Split(images[:n_keep], labels[:n_keep]),
         val=Split(images[n_train:], labels[n_train:]),
         test=Split(to_float(test.data), test.targets.long()),
@@ -185,7 +200,11 @@ def missing_data_message(root: Path, err: Exception) -> str:
         "What to do, either:\n"
         f"  - connect to the internet and run again (torchvision downloads MNIST into {root}), or\n"
         f"  - copy an MNIST folder there (it must contain MNIST/raw/), or point ${DATA_ENV} at one, or\n"
-        "  - build the offline MNIST-10k subset from the official test-set files and use it:\n"
+        "  - build the full MNIST offline from the official IDX files and use it:\n"
+        "      python -m bnlab build-mnist --train-source DIR_WITH_train_FILES --test-source DIR_WITH_t10k_FILES "
+        "--root data/mnist\n"
+        f"      export {DATA_ENV}=data/mnist\n"
+        "  - or, with the test-set files alone, build the offline MNIST-10k subset (not the full MNIST):\n"
         "      python -m bnlab build-subset --source DIR_WITH_t10k_FILES --root data/mnist-10k\n"
         f"      export {DATA_ENV}=data/mnist-10k"
     )
@@ -229,8 +248,9 @@ def check_idx_file(path: Path) -> tuple[int, ...]:
     return shape
 
 
-def check_raw_files(raw: Path, marker: dict | None) -> None:
-    """Check the raw files present in ``raw``: sizes against headers, MD5s where known, matching counts.
+def check_raw_files(raw: Path, marker: dict | None, *, skip: frozenset = frozenset()) -> frozenset:
+    """Check the raw files present in ``raw`` (except those in ``skip``): sizes against headers, MD5s against the
+    official files' (or the subset marker's), matching counts. Returns the names of the files checked.
 
     Absent files are fine here (torchvision downloads them); present but damaged ones raise ``DataError``.
     """
@@ -241,20 +261,98 @@ def check_raw_files(raw: Path, marker: dict | None) -> None:
             path = raw / name
             if not path.exists():
                 raise DataError(f"{path} is missing from the {marker['name']}. Rebuild it: {REBUILD_HINT}")
-            if md5(path) != digest:
+            if name not in skip and md5(path) != digest:
                 raise DataError(f"{path} is corrupt (MD5 differs from the one recorded). Rebuild it: {REBUILD_HINT}")
     for url_name, digest in MNIST.resources:
         gz = raw / os.path.basename(url_name)
-        if gz.exists() and md5(gz) != digest:
+        if gz.exists() and gz.name not in skip and md5(gz) != digest:
             raise DataError(f"{gz} is corrupt (MD5 {md5(gz)}, expected {digest}). Delete it and load again.")
-    shapes = {name: check_idx_file(raw / name) for name in RAW_FILES if (raw / name).exists()}
+    present = [name for name in RAW_FILES if (raw / name).exists()]
+    shapes = {name: check_idx_file(raw / name) for name in present}
+    if not marker:
+        for name in present:
+            digest = OFFICIAL_RAW[name][0]
+            if name not in skip and md5(raw / name) != digest:
+                raise DataError(
+                    f"{raw / name} is not the official MNIST file (its MD5 differs from {digest}). Delete "
+                    f"{raw.parent} and load again to re-download, or rebuild it offline: {BUILD_HINT}"
+                )
     for part in ("train", "t10k"):
         images, labels = shapes.get(f"{part}-images-idx3-ubyte"), shapes.get(f"{part}-labels-idx1-ubyte")
         if images and labels and images[0] != labels[0]:
             raise DataError(f"{raw}: {images[0]} {part} images but {labels[0]} labels; the files do not belong together.")
+    return frozenset(path.name for path in raw.iterdir()) if raw.is_dir() else frozenset()
 
 
 REBUILD_HINT = "python -m bnlab build-subset --source DIR_WITH_t10k_FILES --root ROOT"
+BUILD_HINT = "python -m bnlab build-mnist --train-source DIR_WITH_train_FILES --test-source DIR_WITH_t10k_FILES --root ROOT"
+
+
+# --- the full MNIST, offline -----------------------------------------------------------------------------------
+
+
+def read_official(folder: Path, name: str) -> bytes:
+    """The uncompressed content of the official file ``name`` from ``folder``, which holds it gzipped
+    (``name.gz``, as distributed) or plain; checked against the official MD5 and size."""
+    digest, size = OFFICIAL_RAW[name]
+    plain, gz = folder / name, folder / f"{name}.gz"
+    if gz.exists():
+        try:
+            content = gzip.decompress(gz.read_bytes())
+        except (OSError, EOFError) as err:
+            raise DataError(f"{gz} is not a readable gzip file ({err}): it is truncated or corrupt. Copy it again.") from err
+        source = gz
+    elif plain.exists():
+        content, source = plain.read_bytes(), plain
+    else:
+        raise DataError(f"{gz} not found (nor {plain.name}): the folder must hold the official MNIST file {name}.gz.")
+    if len(content) != size:
+        raise DataError(
+            f"{source} holds {len(content):,} bytes uncompressed, the official {name} {size:,}: it is truncated or "
+            "not the official file. Copy it again."
+        )
+    if hashlib.md5(content).hexdigest() != digest:
+        raise DataError(f"{source} is corrupt: the MD5 of its content differs from the official {digest}. Copy it again.")
+    return content
+
+
+def build_mnist(train_source: str | os.PathLike, test_source: str | os.PathLike, root: str | os.PathLike) -> Path:
+    """Build a torchvision-layout root holding the full MNIST from the official IDX files: the 60,000 training
+    images from ``train_source`` and the 10,000 test images from ``test_source`` (each folder holds the ``.gz``
+    files as distributed, or the uncompressed files).
+
+    Every file's uncompressed content is checked against the official MD5 and size before anything is written;
+    the root is written to a temporary folder and moved into place, so an interrupted build never leaves a
+    half-written data set. ``torchvision.datasets.MNIST(root, download=True)`` then finds the files and downloads
+    nothing. Returns the root.
+    """
+    sources = {"train": Path(train_source), "t10k": Path(test_source)}
+    contents = {name: read_official(sources[name.split("-")[0]], name) for name in OFFICIAL_RAW}
+    return write_root(Path(root), contents, marker=None)
+
+
+def write_root(root: Path, contents: dict[str, bytes], marker: dict | None) -> Path:
+    """Write ``{raw file name: content}`` (and the subset's marker) as ``root/MNIST``, replacing what was there,
+    through a temporary folder renamed into place."""
+    root.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".mnist-", dir=root))
+    staging.chmod(0o755)
+    try:
+        raw = staging / "raw"
+        raw.mkdir()
+        for name, content in contents.items():
+            (raw / name).write_bytes(content)
+        if marker is not None:
+            marker = {**marker, "md5": {name: md5(raw / name) for name in contents}}
+            (staging / SUBSET_MARKER).write_text(json.dumps(marker, indent=2) + "\n")
+        target = root / "MNIST"
+        if target.exists():
+            shutil.rmtree(target)
+        staging.rename(target)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+    return root
 
 
 # --- the offline MNIST-10k subset ----------------------------------------------------------------------------
@@ -270,23 +368,20 @@ def read_subset_marker(root: Path) -> dict | None:
         raise DataError(f"{path} is not valid JSON ({err}). Rebuild the subset: {REBUILD_HINT}") from err
 
 
-def read_idx_gz(path: Path) -> torch.Tensor:
-    """Read a gzipped IDX file into a uint8 tensor of the shape its header declares."""
-    try:
-        data = gzip.decompress(path.read_bytes())
-    except (OSError, EOFError) as err:
-        raise DataError(f"{path} is not a readable gzip file ({err}).") from err
-    shape = idx_shape(data[:16], Path(path.name[: -len(".gz")]))
-    body = data[4 + 4 * len(shape) :]
+def parse_idx(content: bytes, name: str) -> torch.Tensor:
+    """The uint8 array an IDX file's ``content`` holds, in the shape its header declares."""
+    shape = idx_shape(content[:16], Path(name))
+    body = content[4 + 4 * len(shape) :]
     if len(body) != math.prod(shape):
-        raise DataError(f"{path} is truncated: its header declares shape {shape}.")
+        raise DataError(f"{name} is truncated: its header declares shape {shape}.")
     return torch.frombuffer(bytearray(body), dtype=torch.uint8).reshape(shape)
 
 
-def write_idx(path: Path, array: torch.Tensor) -> None:
+def idx_bytes(array: torch.Tensor) -> bytes:
+    """A uint8 tensor as the bytes of an IDX file (images: 3 dimensions, labels: 1)."""
     magic = 2051 if array.dim() == 3 else 2049
     header = magic.to_bytes(4, "big") + b"".join(int(n).to_bytes(4, "big") for n in array.shape)
-    path.write_bytes(header + array.contiguous().numpy().tobytes())
+    return header + array.contiguous().numpy().tobytes()
 
 
 def build_subset(
@@ -302,52 +397,33 @@ def build_subset(
 
     The 10,000 images are shuffled once (``seed``) and re-split: the first ``train + val`` go into the training
     file (validation is its last ``val`` images, as in the lecture), the next ``test`` into the test file.
-    The source MD5s are checked first; the root is written to a temporary folder and moved into place, so an
+    The source files' content is checked against the official MD5s first; the root is written to a temporary folder and moved into place, so an
     interrupted build never leaves a half-written data set. Returns the root.
     """
     source, root = Path(source), Path(root)
-    for name, digest in T10K_FILES.items():
-        path = source / name
-        if not path.exists():
-            raise DataError(f"{path} not found: the source folder must hold the official files {sorted(T10K_FILES)}.")
-        if md5(path) != digest:
-            raise DataError(f"{path} is corrupt: its MD5 is {md5(path)}, the official file's is {digest}.")
-    images = read_idx_gz(source / "t10k-images-idx3-ubyte.gz")
-    labels = read_idx_gz(source / "t10k-labels-idx1-ubyte.gz")
+    images = parse_idx(read_official(source, "t10k-images-idx3-ubyte"), "t10k-images-idx3-ubyte")
+    labels = parse_idx(read_official(source, "t10k-labels-idx1-ubyte"), "t10k-labels-idx1-ubyte")
     if train + val + test > len(labels) or min(train, val, test) <= 0:
         raise ValueError(f"train + val + test must be positive and at most {len(labels)}; got {train}+{val}+{test}.")
     order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))
     fit, held_out = order[: train + val], order[train + val : train + val + test]
 
-    root.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".mnist-", dir=root))
-    staging.chmod(0o755)
-    try:
-        raw = staging / "raw"
-        raw.mkdir()
-        write_idx(raw / "train-images-idx3-ubyte", images[fit])
-        write_idx(raw / "train-labels-idx1-ubyte", labels[fit])
-        write_idx(raw / "t10k-images-idx3-ubyte", images[held_out])
-        write_idx(raw / "t10k-labels-idx1-ubyte", labels[held_out])
-        marker = {
-            "name": SUBSET_NAME,
-            "description": (
-                "The official MNIST test set (10,000 images), shuffled and re-split "
-                f"into {train} train / {val} validation / {test} test. Not the full MNIST."
-            ),
-            "val_size": val,
-            "seed": seed,
-            "md5": {name: md5(raw / name) for name in RAW_FILES},
-        }
-        (staging / SUBSET_MARKER).write_text(json.dumps(marker, indent=2) + "\n")
-        target = root / "MNIST"
-        if target.exists():
-            shutil.rmtree(target)
-        staging.rename(target)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging)
-    return root
+    marker = {
+        "name": SUBSET_NAME,
+        "description": (
+            "The official MNIST test set (10,000 images), shuffled and re-split "
+            f"into {train} train / {val} validation / {test} test. Not the full MNIST."
+        ),
+        "val_size": val,
+        "seed": seed,
+    }
+    contents = {
+        "train-images-idx3-ubyte": idx_bytes(images[fit]),
+        "train-labels-idx1-ubyte": idx_bytes(labels[fit]),
+        "t10k-images-idx3-ubyte": idx_bytes(images[held_out]),
+        "t10k-labels-idx1-ubyte": idx_bytes(labels[held_out]),
+    }
+    return write_root(root, contents, marker)
 
 
 class BatchLoader:

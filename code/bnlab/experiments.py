@@ -38,6 +38,7 @@ from tqdm.auto import tqdm
 from . import _workers
 from ._workers import using_threads
 from .data import Dataset
+from .fast import default_engine
 from .models import build_model
 from .stats import Comparison, Spread, compare, format_p
 from .training import History, TrainConfig, pick_device, train_model
@@ -104,7 +105,8 @@ def train_and_store(model_config, train_config, data, history_path: Path, weight
                     device, threads: int | None, progress: bool = False) -> tuple[nn.Module, History]:
     """Train one run with ``threads`` CPU threads and store it."""
     with using_threads(threads):
-        model, history = train_model(model_config, data, train_config, device=device, progress=progress)
+        model, history = train_model(model_config, data, train_config, device=device, progress=progress,
+                                     engine=default_engine())
     store(model, history, history_path, weights_path)
     return model, history
 
@@ -139,7 +141,8 @@ def run_with_model(model_config, train_config: TrainConfig, data: Dataset, *, ca
     ``model-<key>.pt``). The model comes back on ``device`` (auto-selected when ``None``)."""
     device = pick_device(device)
     threads = run_threads(device, threads)
-    history_path, weights_path = cache_paths(model_config, train_config, data, cache=cache, device=device, threads=threads)
+    history_path, weights_path = cache_paths(model_config, train_config, data, cache=cache, device=device,
+                                             threads=threads)
     stored = load_with_model(model_config, history_path, weights_path)
     if stored is not None:
         return stored[0].to(device), stored[1]
@@ -263,7 +266,8 @@ def run_many(variants: dict, train_config: TrainConfig, data: Dataset, seeds, *,
         if stacked:
             found.update(train_stacked_tasks(tasks, variants, train_config, data, seeds, cache=cache, device=device,
                                              threads=threads, bars=bars, with_models=with_models, progress=progress))
-        for task, history in _workers.results(train_task, [] if stacked else tasks, data, workers=workers, threads=threads):
+        to_train = [] if stacked else tasks
+        for task, history in _workers.results(train_task, to_train, data, workers=workers, threads=threads):
             found[task.label, task.seed] = (load_with_model(task.model_config, task.history_path, task.weights_path)
                                             if with_models else history)
             bars[task.label].update()
@@ -355,7 +359,9 @@ class SeedRuns:
             return tuple(h.test_acc for h in self.histories)
         values = tuple(getattr(h.final, metric) for h in self.histories)
         if None in values:
-            raise ValueError(f"{self.label!r}: {metric} was not recorded; train with TrainConfig(record_train_acc=True).")
+            raise ValueError(
+                f"{self.label!r}: {metric} was not recorded; train with TrainConfig(record_train_acc=True)."
+            )
         return values
 
     def spread(self, metric: str = "test_acc") -> Spread:
@@ -389,7 +395,8 @@ class RunComparison(Comparison):
     b: str = "b"
     metric: str = "test_acc"
 
-    def describe(self, a_label: str | None = None, b_label: str | None = None, unit: str | None = None, **kwargs) -> str:
+    def describe(self, a_label: str | None = None, b_label: str | None = None, unit: str | None = None,
+                 **kwargs) -> str:
         """``Comparison.describe`` with the variants' labels and the metric's unit."""
         unit = ("points" if self.metric != "loss" else "") if unit is None else unit
         kwargs.setdefault("digits", 4 if self.metric == "loss" else 2)
@@ -401,7 +408,9 @@ def compare_runs(a: SeedRuns, b: SeedRuns, metric: str = "test_acc", *, level: f
     same seeds, Welch's t-test otherwise. Both need at least two seeds."""
     for name, runs in (("a", a), ("b", b)):
         if len(runs.seeds) < 2:
-            raise ValueError(f"{name} ({runs.label!r}) has {len(runs.seeds)} seed; a comparison needs at least 2 seeds.")
+            raise ValueError(
+                f"{name} ({runs.label!r}) has {len(runs.seeds)} seed; a comparison needs at least 2 seeds."
+            )
     if set(a.seeds) == set(b.seeds):
         seeds = sorted(a.seeds)
         a_values = [a.values(metric)[a.seeds.index(s)] for s in seeds]
@@ -506,32 +515,3 @@ def results_table(runs: dict[str, SeedRuns], metrics: tuple[str, ...] = ("test_a
     datasets = " + ".join(sorted({r.dataset for r in runs.values()}))
     rows = tuple((label, tuple(r.spread(m) for m in metrics)) for label, r in runs.items())
     return ResultsTable(datasets, seeds.pop(), metrics, rows)
-
-
-def plot_seed_spread(runs: dict[str, SeedRuns], metric: str = "test_acc", *, ax=None, colors: dict | None = None):
-    """One dot per seed for every variant, its mean as a bar and mean ± std as a line. Returns the axes.
-
-    ``colors`` maps a variant's label to its dots' colour (default: all blue)."""
-    import matplotlib.pyplot as plt
-
-    if not runs:
-        raise ValueError("runs is empty: give at least one {label: SeedRuns}.")
-    if metric not in METRICS:
-        raise ValueError(f"metric must be one of {sorted(METRICS)}; got {metric!r}.")
-    ax = ax or plt.subplots(figsize=(8, 4))[1]
-    for i, r in enumerate(runs.values()):
-        values = r.values(metric)
-        n = len(values)
-        offsets = [0.0] if n == 1 else [0.3 * (k / (n - 1) - 0.5) for k in range(n)]
-        color = (colors or {}).get(r.label, "tab:blue")
-        ax.scatter([i + o for o in offsets], values, s=18, color=color, alpha=0.8, zorder=3)
-        spread = Spread.of(values)
-        ax.hlines(spread.mean, i - 0.25, i + 0.25, color="black", linewidth=2, zorder=4)
-        ax.vlines(i, spread.mean - spread.std, spread.mean + spread.std, color="black", linewidth=1, zorder=4)
-    ax.set_xticks(range(len(runs)))
-    ax.set_xticklabels(list(runs), rotation=30, ha="right")
-    ax.set_ylabel(METRICS[metric])
-    seeds = len(next(iter(runs.values())).seeds)
-    ax.set_title(f"{METRICS[metric]}: {seeds} seeds per variant, bar = mean ({' + '.join(sorted({r.dataset for r in runs.values()}))})")
-    ax.grid(axis="y", alpha=0.3)
-    return ax

@@ -25,6 +25,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from .data import Split
+from .layers import batchnorm_layers, check_module, model_device, preserved_modes
 
 MODES = ("train", "eval")
 
@@ -38,27 +39,25 @@ def preserved_state(model: nn.Module):
     ``running_mean``, ``running_var``, ``num_batches_tracked``) hold their values from before the block again.
 
     Flags are restored module by module, so a model whose BatchNorm layers alone are in eval mode comes back
-    that way. Parameters are not saved: the block must not train.
+    that way. Buffers are restored by name into the tensor that holds each one on exit, so a block that moves the
+    model to another dtype or device (``model.double()``) keeps that dtype or device and gets the values back.
+    Parameters are not saved: the block must not train.
     """
-    if not isinstance(model, nn.Module):
-        raise ValueError(f"model must be a torch.nn.Module; got {type(model).__name__}.")
-    flags = [(module, module.training) for module in model.modules()]
-    saved = [(buffer, buffer.detach().clone()) for buffer in model.buffers()]
-    try:
-        yield model
-    finally:
-        with torch.no_grad():
-            for buffer, value in saved:
-                buffer.copy_(value)
-        for module, flag in flags:
-            module.training = flag
-
-
-def model_device(model: nn.Module) -> torch.device:
-    """The device of the model's first parameter or buffer (the CPU for a model that has neither)."""
-    for tensor in (*model.parameters(), *model.buffers()):
-        return tensor.device
-    return torch.device("cpu")
+    check_module(model)
+    saved = [
+        (module, name, buffer.detach().clone())
+        for module in model.modules()
+        for name, buffer in module.named_buffers(recurse=False)
+    ]
+    with preserved_modes(model):
+        try:
+            yield model
+        finally:
+            with torch.no_grad():
+                for module, name, value in saved:
+                    current = getattr(module, name, None)
+                    if isinstance(current, torch.Tensor):
+                        current.copy_(value)
 
 
 def evaluation_batches(n: int, batch_size: int, *, mode: str) -> list[slice]:
@@ -181,13 +180,6 @@ class _StayInEval:
         return self.layer
 
 
-def batchnorm_layers(model: nn.Module) -> list[_BatchNorm]:
-    """Every BatchNorm layer in ``model`` (``BatchNorm1d``, ``2d``, ``3d``, ``SyncBatchNorm``, ...), in order."""
-    if not isinstance(model, nn.Module):
-        raise ValueError(f"model must be a torch.nn.Module; got {type(model).__name__}.")
-    return [module for module in model.modules() if isinstance(module, _BatchNorm)]
-
-
 def is_frozen(layer: nn.Module) -> bool:
     """Whether ``layer`` was frozen by ``freeze_batchnorm`` (and not unfrozen since)."""
     return isinstance(layer.__dict__.get("train"), _StayInEval)
@@ -205,7 +197,7 @@ def freeze_batchnorm(model: nn.Module, *, train_affine: bool = True) -> list[_Ba
     """
     if not isinstance(train_affine, bool):
         raise ValueError(f"train_affine must be True or False; got {train_affine!r}.")
-    layers = batchnorm_layers(model)
+    layers = [layer for _, layer in batchnorm_layers(model)]
     if not layers:
         raise ValueError("model has no BatchNorm layer to freeze.")
     for layer in layers:
@@ -224,7 +216,7 @@ def unfreeze_batchnorm(model: nn.Module) -> list[_BatchNorm]:
     """Undo ``freeze_batchnorm``: the layers follow ``train()`` / ``eval()`` again and are put in the model's
     current mode (``model.training``); gamma and beta get back their ``requires_grad``. Returns the layers that
     were frozen (an empty list if none was)."""
-    thawed = [layer for layer in batchnorm_layers(model) if is_frozen(layer)]
+    thawed = [layer for _, layer in batchnorm_layers(model) if is_frozen(layer)]
     for layer in thawed:
         record = layer.__dict__.pop("train")
         for name, flag in record.requires_grad.items():

@@ -3,8 +3,11 @@
 The environment variable ``BNLAB_PROFILE`` picks one:
 
 * ``full`` (the default): the course's configuration, the numbers the book shows.
-* ``ci``: a small run for tests and continuous integration: fewer epochs, seeds and training images.
-  The code paths are the same; only the sizes shrink.
+* ``ci``: a small run for tests and continuous integration: fewer epochs and seeds, and the first 3,000 training
+  images (the data set's name then says so). The code paths are the same; only the sizes shrink.
+
+Both read whatever data ``$BNLAB_DATA`` holds: the full MNIST where it is there (``make`` builds it offline from
+the official files), else the MNIST-10k subset; ``Dataset.name`` says which.
 """
 
 from __future__ import annotations

@@ -9,8 +9,14 @@ In train mode every BatchNorm layer updates two buffers per channel after each f
 ``1 / num_batches_tracked`` instead, a plain (cumulative) average of all batch statistics so far. The start values
 (``running_mean = 0``, ``running_var = 1``) keep weight ``(1 - momentum)^k`` after ``k`` updates.
 
-The alternative is to compute the statistics exactly, once, after training: ``precise_bn`` ("precise BN",
-Wu & Johnson 2021; fvcore's ``update_bn_stats``; ``torch.optim.swa_utils.update_bn`` is a close relative).
+The alternative is to compute statistics for the fixed, trained weights once, after training. Two designs exist:
+
+* PreciseBN (Wu & Johnson 2021; fvcore's ``update_bn_stats``) and ``torch.optim.swa_utils.update_bn`` run the model
+  in *train mode* over many batches and average the per-batch means and unbiased variances with equal weights: the
+  statistics of each layer's input as training produced it, each layer normalised by the ones before it with the
+  batch's own statistics. That is their design, not an approximation.
+* ``precise_bn`` here computes the exact mean and population variance of each layer's input in *eval mode*, layer
+  by layer in forward order, so that afterwards every layer normalises the split exactly in eval mode.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from .data import BatchLoader, Dataset, Split
+from .layers import batchnorm_layers, model_device, preserved_modes
 from .models import MLPConfig, build_mlp
 from .training import accuracy, pick_device, seed_everything
 
@@ -122,109 +129,23 @@ def ema_noise(momentum: float, batch_size: int, *, true_std: float = 1.0) -> flo
     return true_std / math.sqrt(batch_size) * math.sqrt(momentum / (2 - momentum))
 
 
-def plot_running_mean(
-    *,
-    momentum: float | None = 0.1,
-    batch_size: int = 64,
-    steps: int = 300,
-    true_mean: float = 2.0,
-    true_std: float = 1.0,
-    seed: int = 0,
-    ax=None,
-):
-    """One setting: ``running_mean`` of a ``BatchNorm1d`` step by step (``running_mean_trajectory``), its
-    expected value (``expected_running_mean``) and the true mean. Returns the axes."""
-    import matplotlib.pyplot as plt
-
-    ax = ax or plt.subplots(figsize=(6, 3.5))[1]
-    path = running_mean_trajectory(
-        momentum=momentum, batch_size=batch_size, steps=steps, true_mean=true_mean, true_std=true_std, seed=seed
-    )
-    ax.plot(path.numpy(), color="tab:blue", linewidth=1.2, label="running_mean")
-    ax.plot(expected_running_mean(momentum, steps, true_mean=true_mean).numpy(), color="tab:orange",
-            linestyle=":", linewidth=1.5, label="expected value")
-    ax.axhline(true_mean, color="black", linestyle="--", linewidth=1, label="true mean")
-    name = "None (cumulative)" if momentum is None else f"{momentum:g}"
-    ax.set_title(f"momentum {name}, batch size {batch_size}", fontsize=10)
-    ax.set_xlabel("update (training step)")
-    ax.set_ylabel("running_mean")
-    ax.set_ylim(-0.1 * abs(true_mean) - 0.05, 1.5 * abs(true_mean) + 0.05)
-    ax.grid(alpha=0.3)
-    return ax
-
-
-def running_mean_figure(*, momentum: float | None = 0.1, batch_size: int = 64, steps: int = 300, seed: int = 0):
-    """``plot_running_mean`` for one setting as a figure of its own, with a legend (what the explorer draws)."""
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 3.6))
-    plot_running_mean(momentum=momentum, batch_size=batch_size, steps=steps, seed=seed, ax=ax)
-    if momentum is not None:
-        ax.set_title(f"momentum {momentum:.3g}, batch size {batch_size}: the start value weighs at most 1 % after "
-                     f"{steps_to_forget(momentum)} updates; then the noise is ±{ema_noise(momentum, batch_size):.3f}",
-                     fontsize=10)
-    ax.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
-    return fig
-
-
-def trajectory_grid(
-    momenta=(0.5, 0.1, 0.01),
-    batch_sizes=(8, 64, 512),
-    *,
-    steps: int = 300,
-    true_mean: float = 2.0,
-    true_std: float = 1.0,
-    seed: int = 0,
-):
-    """``plot_running_mean`` for every momentum (rows) and batch size (columns). Returns the figure."""
-    import matplotlib.pyplot as plt
-
-    momenta, batch_sizes = tuple(momenta), tuple(batch_sizes)
-    if not momenta or not batch_sizes:
-        raise ValueError("momenta and batch_sizes must each hold at least one value.")
-    fig, axes = plt.subplots(len(momenta), len(batch_sizes), figsize=(3.6 * len(batch_sizes), 2.6 * len(momenta)),
-                             sharex=True, sharey=True, squeeze=False)
-    for row, momentum in enumerate(momenta):
-        for column, batch_size in enumerate(batch_sizes):
-            ax = plot_running_mean(momentum=momentum, batch_size=batch_size, steps=steps, true_mean=true_mean,
-                                   true_std=true_std, seed=seed, ax=axes[row][column])
-            if row < len(momenta) - 1:
-                ax.set_xlabel("")
-            if column > 0:
-                ax.set_ylabel("")
-    axes[0][0].legend(fontsize=8, loc="lower right")
-    fig.suptitle(f"running_mean of BatchNorm1d, start value 0, data N({true_mean:g}, {true_std:g}²)")
-    fig.tight_layout()
-    return fig
-
-
 # --- BatchNorm layers in a model ---------------------------------------------------------------------------------
 
 
-def batchnorm_layers(model: nn.Module) -> list[tuple[str, _BatchNorm]]:
+def tracked_layers(model: nn.Module) -> list[tuple[str, _BatchNorm]]:
     """``(name, layer)`` for every BatchNorm layer of ``model`` that keeps running statistics."""
-    if not isinstance(model, nn.Module):
-        raise ValueError(f"model must be a torch.nn.Module; got {type(model).__name__}.")
-    return [(n, m) for n, m in model.named_modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
+    return [(name, layer) for name, layer in batchnorm_layers(model) if layer.track_running_stats]
 
 
 def set_momentum(model: nn.Module, momentum: float | None) -> nn.Module:
     """Set ``momentum`` on every BatchNorm layer of ``model`` (in place); returns the model."""
     check_momentum(momentum)
-    layers = batchnorm_layers(model)
+    layers = tracked_layers(model)
     if not layers:
         raise ValueError("model has no BatchNorm layer with running statistics; there is no momentum to set.")
     for _, layer in layers:
         layer.momentum = momentum
     return model
-
-
-def model_device(model: nn.Module) -> torch.device:
-    """The device of the model's first parameter or buffer (the CPU for a model with neither)."""
-    for tensor in (*model.parameters(), *model.buffers()):
-        return tensor.device
-    return torch.device("cpu")
 
 
 # --- precise BN: exact statistics over a whole split -------------------------------------------------------------
@@ -261,12 +182,17 @@ class _Moments:
         return self.m2 / self.count
 
 
-def input_batches(data, batch_size: int, device: torch.device):
+def input_images(data) -> torch.Tensor:
+    """The inputs of ``data``, a ``Split`` or a tensor of inputs, checked to hold at least 2 examples."""
     images = data.images if isinstance(data, Split) else data
     if not isinstance(images, torch.Tensor):
         raise ValueError(f"split must be a bnlab Split or a tensor of inputs; got {type(data).__name__}.")
     if len(images) < 2:
         raise ValueError(f"split must hold at least 2 examples; got {len(images)}.")
+    return images
+
+
+def input_batches(images: torch.Tensor, batch_size: int, device: torch.device):
     for start in range(0, len(images), batch_size):
         yield images[start : start + batch_size].to(device)
 
@@ -301,21 +227,39 @@ def precise_bn(model: nn.Module, split, *, batch_size: int = 1_000) -> int:
 
     The input of a layer is the one it sees in *eval mode*: layers are done in the order the forward pass reaches
     them, each after the ones before it already hold their new statistics, so afterwards every layer normalises
-    the split exactly in eval mode. ``batch_size`` only bounds memory; the result does not depend on it.
+    the split exactly in eval mode. ``batch_size`` only bounds memory; the result does not depend on it, and a
+    last batch of a single example is fine (eval mode needs no batch statistics).
     Parameters, ``momentum`` and ``num_batches_tracked`` are not touched; every submodule's train/eval flag is
-    restored. Layers with ``track_running_stats=False`` have no buffers and are skipped.
+    restored.
+
+    Layers with ``track_running_stats=False`` have no buffers to update. After every layer that has them they are
+    skipped; *before* one, ``precise_bn`` refuses with a ``ValueError``: such a layer normalises each batch with
+    that batch's own statistics even in eval mode, so the input of the layers after it would depend on how the
+    split is cut into batches, and no statistics are exact for every batch size.
     """
-    if not (isinstance(batch_size, int) and batch_size > 0):
+    if not (isinstance(batch_size, int) and not isinstance(batch_size, bool) and batch_size > 0):
         raise ValueError(f"batch_size must be a positive integer; got {batch_size!r}.")
-    layers = [layer for _, layer in batchnorm_layers(model)]
-    if not layers:
+    named = batchnorm_layers(model)
+    if not any(layer.track_running_stats for _, layer in named):
         raise ValueError("model has no BatchNorm layer with running statistics (track_running_stats=True).")
+    images = input_images(split)
     device = model_device(model)
-    flags = [(module, module.training) for module in model.modules()]
-    try:
+    names = {layer: name for name, layer in named}
+    with preserved_modes(model):
         model.eval()
-        order = forward_order(model, layers, next(input_batches(split, batch_size, device)))
-        for layer in order:
+        # at least 2 rows: a layer without running statistics needs two values per channel even in eval mode
+        order = forward_order(model, [layer for _, layer in named], images[: max(batch_size, 2)].to(device))
+        tracked = [layer for layer in order if layer.track_running_stats]
+        for earlier in order[: order.index(tracked[-1])] if tracked else []:
+            if not earlier.track_running_stats:
+                raise ValueError(
+                    f"BatchNorm layer {names[earlier]!r} has no running statistics (track_running_stats=False) and "
+                    f"runs before {names[tracked[-1]]!r}: in eval mode it normalises each batch with that batch's "
+                    "own statistics, so the input of the layers after it, and the statistics precise_bn would "
+                    "compute for them, would depend on batch_size. Give it running statistics "
+                    "(track_running_stats=True) to use precise_bn on this model."
+                )
+        for layer in tracked:
             moments = _Moments()
 
             def collect(module, inputs):
@@ -324,7 +268,7 @@ def precise_bn(model: nn.Module, split, *, batch_size: int = 1_000) -> int:
 
             handle = layer.register_forward_pre_hook(collect)
             try:
-                for xb in input_batches(split, batch_size, device):
+                for xb in input_batches(images, batch_size, device):
                     try:
                         model(xb)
                     except _Stop:
@@ -333,10 +277,7 @@ def precise_bn(model: nn.Module, split, *, batch_size: int = 1_000) -> int:
                 handle.remove()
             layer.running_mean.copy_(moments.mean.to(layer.running_mean.dtype))
             layer.running_var.copy_(moments.var.to(layer.running_var.dtype))
-    finally:
-        for module, flag in flags:
-            module.training = flag
-    return len(order)
+    return len(tracked)
 
 
 def with_precise_bn(model: nn.Module, split, *, batch_size: int = 1_000) -> nn.Module:
@@ -350,7 +291,7 @@ def stats_gap(model: nn.Module, reference: nn.Module) -> float:
     """How far ``model``'s running variances are from ``reference``'s, as a factor: the largest
     ``|log(running_var / reference_var)|`` over every channel of every BatchNorm layer, returned as
     ``exp`` of it (1.0: equal; 2.0: some channel's variance is off by a factor of 2, either way)."""
-    pairs = list(zip(batchnorm_layers(model), batchnorm_layers(reference)))
+    pairs = list(zip(tracked_layers(model), tracked_layers(reference)))
     if not pairs:
         raise ValueError("model has no BatchNorm layer with running statistics.")
     worst = max(
@@ -374,7 +315,7 @@ class ShadowStats:
 
     def __init__(self, model: nn.Module, momentum: float | None):
         check_momentum(momentum)
-        layers = batchnorm_layers(model)
+        layers = tracked_layers(model)
         if not layers:
             raise ValueError("model has no BatchNorm layer with running statistics to shadow.")
         self.momentum = momentum
@@ -401,7 +342,7 @@ class ShadowStats:
     def apply(self, model: nn.Module) -> nn.Module:
         """A copy of ``model`` whose BatchNorm layers hold these running averages (and this momentum)."""
         twin = copy.deepcopy(model)
-        for name, layer in batchnorm_layers(twin):
+        for name, layer in tracked_layers(twin):
             if name not in self.mean:
                 raise ValueError(f"model has a BatchNorm layer {name!r} that these statistics did not track.")
             layer.running_mean.copy_(self.mean[name])

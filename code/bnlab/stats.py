@@ -220,7 +220,8 @@ class Comparison:
         """Whether there is no seed-to-seed variation at all (every seed gives the same difference)."""
         return self.ci[0] == self.ci[1]
 
-    def describe(self, a_label: str, b_label: str, unit: str = "points", *, digits: int = 2, verb: str = "scores") -> str:
+    def describe(self, a_label: str, b_label: str, unit: str = "points", *, digits: int = 2,
+                 verb: str = "scores") -> str:
         """One sentence saying how a compares with b and whether the seeds support a difference, e.g.
         ``"BN before ReLU scores 0.12 points higher than BN after ReLU (95 % CI 0.03 to 0.21); the seeds support
         the difference."``. ``unit`` follows each number (``""`` for none); ``verb`` fits "higher" and "lower"."""
@@ -233,7 +234,8 @@ class Comparison:
 
         if self.constant:
             if self.difference == 0:
-                return f"{a_label} and {b_label} score exactly the same on every seed; there is no difference to support."
+                return (f"{a_label} and {b_label} score exactly the same on every seed; "
+                        "there is no difference to support.")
             direction = "higher" if self.difference > 0 else "lower"
             return (
                 f"{a_label} {verb} {number(size)}{unit} {direction} than {b_label} on every seed alike; "
@@ -305,3 +307,30 @@ def compare(a_values, b_values, *, paired: bool = True, level: float = 0.95) -> 
 def format_p(p: float) -> str:
     """A p-value for a table: ``"0.003"``, ``"< 0.001"``, ``"1.000"``."""
     return "< 0.001" if p < 0.001 else f"{p:.3f}"
+
+
+# --- a number recorded elsewhere against our seeds --------------------------------------------------------------
+
+
+def prediction_interval(values, *, level: float = 0.95) -> tuple[float, float]:
+    """Where one more run would land with probability ``level``, from ``n >= 2`` runs' values, if runs vary
+    normally: ``mean -/+ t_{(1 + level) / 2, n - 1} * s * sqrt(1 + 1 / n)``, ``s`` the sample standard deviation.
+    Equal values give the single point ``(mean, mean)``."""
+    values = [float(v) for v in values]
+    if len(values) < 2 or not all(math.isfinite(v) for v in values):
+        raise ValueError(f"values must be at least 2 finite numbers (one per seed); got {values!r}.")
+    if not (isinstance(level, float) and 0.0 < level < 1.0):
+        raise ValueError(f"level must be a probability strictly between 0 and 1, e.g. 0.95; got {level!r}.")
+    n, mean, s = len(values), statistics.fmean(values), statistics.stdev(values)
+    half_width = t_quantile((1.0 + level) / 2.0, n - 1) * s * math.sqrt(1.0 + 1.0 / n) if s > 0 else 0.0
+    return mean - half_width, mean + half_width
+
+
+def within_prediction_interval(recorded: float, values, *, level: float = 0.95, decimals: int = 2) -> bool:
+    """Whether a number recorded elsewhere, rounded to ``decimals`` places, lies inside the ``level`` prediction
+    interval of our runs' ``values`` (``prediction_interval``), widened by half a unit of its last decimal."""
+    if isinstance(recorded, bool) or not isinstance(recorded, (int, float)) or not math.isfinite(recorded):
+        raise ValueError(f"recorded must be a finite number; got {recorded!r}.")
+    low, high = prediction_interval(values, level=level)
+    slack = 0.5 * 10.0**-decimals
+    return low - slack <= recorded <= high + slack

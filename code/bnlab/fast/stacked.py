@@ -107,7 +107,10 @@ class StackedMLP:
                 weight_t = stacked["weight"].transpose(1, 2)
                 h = h.unsqueeze(0).expand(self.seeds, -1, -1) if shared else h
                 shared = False
-                h = torch.baddbmm(stacked["bias"].unsqueeze(1), h, weight_t) if "bias" in stacked else torch.bmm(h, weight_t)
+                if "bias" in stacked:
+                    h = torch.baddbmm(stacked["bias"].unsqueeze(1), h, weight_t)
+                else:
+                    h = torch.bmm(h, weight_t)
             elif kind is nn.BatchNorm1d:
                 h = self.batch_norm(layer, stacked, h, training)
             elif kind is nn.ReLU:
@@ -170,7 +173,9 @@ def train_stacked(
     device = pick_device(device)
     data = to_device(data, device)
     if config.batch_size > len(data.train):
-        raise ValueError(f"batch_size {config.batch_size} is larger than the training split ({len(data.train)} examples).")
+        raise ValueError(
+            f"batch_size {config.batch_size} is larger than the training split ({len(data.train)} examples)."
+        )
     models = []
     for seed in seeds:
         torch.manual_seed(seed)  # the initial weights, as train_model draws them
@@ -193,7 +198,8 @@ def train_stacked(
         loss_sum = torch.zeros(len(seeds), device=device)
         for i in range(steps):
             index = order[:, i * batch : (i + 1) * batch]
-            xb = data.train.images.index_select(0, index.flatten()).view(len(seeds), batch, *data.train.images.shape[1:])
+            xb = data.train.images.index_select(0, index.flatten())
+            xb = xb.view(len(seeds), batch, *data.train.images.shape[1:])
             yb = data.train.labels.index_select(0, index.flatten())
             logits = stacked.forward(xb, training=True, generators=dropout)
             losses = F.cross_entropy(logits.reshape(len(seeds) * batch, -1), yb, reduction="none")
@@ -209,8 +215,8 @@ def train_stacked(
         seconds = time.perf_counter() - start
         for s, history in enumerate(histories):
             train_acc = 100.0 * counts[2][s] / n if config.record_train_acc else None
-            history.epochs.append(EpochStats(epoch, counts[0][s] / steps, train_acc, 100.0 * counts[1][s] / len(data.val),
-                                             seconds))
+            val_acc = 100.0 * counts[1][s] / len(data.val)
+            history.epochs.append(EpochStats(epoch, counts[0][s] / steps, train_acc, val_acc, seconds))
     correct = count_correct(stacked, data.test, batch_size=config.eval_batch_size).tolist()
     results = []
     for s, history in enumerate(histories):

@@ -4,7 +4,7 @@ matplotlib.use("Agg")
 
 import pytest
 
-from bnlab.plots import plot_curves, plot_training
+from bnlab.plots.curves import plot_curves, plot_training
 from bnlab.training import EpochStats, History
 
 

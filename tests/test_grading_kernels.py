@@ -1,5 +1,6 @@
-"""bnlab.notebooks: kernel channels wait in short slices, so a message whose wake-up was lost is seen within one
-slice; notebooks run with them through nbclient; the book build uses the same wait."""
+"""bnlab.grading.kernels: kernel channels wait in short slices, so a message whose wake-up was lost is seen within
+one slice; notebooks run with them through nbclient; the book build uses the same wait. The tests run with any
+jupyter_client that has an asyncio channel (8 here; 7.4.9 in Colab)."""
 
 import asyncio
 import importlib.util
@@ -8,10 +9,8 @@ from queue import Empty
 
 import nbformat
 import pytest
-from jupyter_client.channels import AsyncZMQSocketChannel
-
-from bnlab import notebooks
-from bnlab.notebooks import PatientChannel, PatientKernelClient, notebook_client
+from bnlab.grading import kernels
+from bnlab.grading.kernels import ASYNC_CHANNEL, PatientChannel, PatientKernelClient, notebook_client
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -57,7 +56,7 @@ def patient_channel(socket) -> PatientChannel:
 @pytest.fixture
 def clock(monkeypatch):
     clock = Clock()
-    monkeypatch.setattr(notebooks, "time", clock)
+    monkeypatch.setattr(kernels, "time", clock)
     return clock
 
 
@@ -65,21 +64,21 @@ def test_a_message_whose_wake_up_was_lost_is_seen_within_one_slice(clock):
     socket = SocketThatMissesItsWakeUp(clock, arrival=2.5)
     message = asyncio.run(patient_channel(socket).get_msg(timeout=600))
     assert message == {"msg_type": "execute_reply"}
-    assert 2.5 <= clock.now <= 2.5 + notebooks.WAKE_INTERVAL, f"seen at {clock.now} s, sent at 2.5 s"
+    assert 2.5 <= clock.now <= 2.5 + kernels.WAKE_INTERVAL, f"seen at {clock.now} s, sent at 2.5 s"
 
 
 def test_the_plain_asyncio_channel_sleeps_through_the_same_message_until_its_timeout(clock):
     """The failure PatientChannel exists for, on the same stand-in socket."""
     socket = SocketThatMissesItsWakeUp(clock, arrival=2.5)
     with pytest.raises(Empty):
-        asyncio.run(AsyncZMQSocketChannel.get_msg(patient_channel(socket), timeout=600))
+        asyncio.run(ASYNC_CHANNEL.get_msg(patient_channel(socket), timeout=600))
     assert clock.now == 600
 
 
 def test_every_slice_is_at_most_the_wake_interval(clock):
     socket = SocketThatMissesItsWakeUp(clock, arrival=7.2)
     asyncio.run(patient_channel(socket).get_msg(timeout=None))
-    assert len(socket.polls) >= 8 and max(socket.polls) <= notebooks.WAKE_INTERVAL * 1000
+    assert len(socket.polls) >= 8 and max(socket.polls) <= kernels.WAKE_INTERVAL * 1000
 
 
 def test_no_message_raises_empty_at_the_timeout(clock):
@@ -104,9 +103,19 @@ def test_a_notebook_runs_through_patient_channels():
 
 
 def test_the_book_build_waits_the_same_way(monkeypatch):
-    monkeypatch.setattr(AsyncZMQSocketChannel, "get_msg", AsyncZMQSocketChannel.get_msg)  # restored afterwards
+    monkeypatch.setattr(ASYNC_CHANNEL, "get_msg", ASYNC_CHANNEL.get_msg)  # restored afterwards
     spec = importlib.util.spec_from_file_location("patient_kernels", REPO / "book" / "patient_kernels.py")
     extension = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(extension)
     extension.setup(app=None)
-    assert AsyncZMQSocketChannel.get_msg is PatientChannel.get_msg
+    assert ASYNC_CHANNEL.get_msg is kernels.patient_get_msg
+
+
+def test_the_channel_found_is_the_one_asyncio_clients_use():
+    import inspect
+
+    from jupyter_client.asynchronous import AsyncKernelClient
+
+    assert inspect.iscoroutinefunction(ASYNC_CHANNEL.get_msg)
+    assert issubclass(AsyncKernelClient().shell_channel_class, ASYNC_CHANNEL)
+    assert issubclass(PatientChannel, ASYNC_CHANNEL)

@@ -1,10 +1,10 @@
-"""Plots of training runs, labelled with the data set they come from."""
+"""Training curves: a metric against the epoch, one line per run, labelled with the data set they come from."""
 
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
 
-from .training import History
+from ..training import History
 
 METRIC_LABELS = {
     "loss": "training loss (mean over the epoch)",

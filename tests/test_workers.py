@@ -1,0 +1,68 @@
+"""bnlab._workers: the worker processes behind bnlab.experiments (their runs are tested in test_experiments.py)."""
+
+import pytest
+import torch
+
+from bnlab import _workers
+from bnlab.data import Dataset, Split
+
+
+def tiny_data() -> Dataset:
+    split = Split(torch.rand(6, 1, 28, 28), torch.arange(6))
+    return Dataset("tiny", split, split, split)
+
+
+def test_using_threads_sets_the_count_inside_and_restores_it_after_an_error():
+    before = torch.get_num_threads()
+    with pytest.raises(RuntimeError, match="inside"):
+        with _workers.using_threads(1):
+            assert torch.get_num_threads() == 1
+            raise RuntimeError("inside")
+    assert torch.get_num_threads() == before
+    with _workers.using_threads(None):
+        assert torch.get_num_threads() == before
+
+
+def test_the_shared_copy_holds_the_same_data_and_leaves_the_callers_tensors_alone():
+    data = tiny_data()
+    pointer = data.train.images.data_ptr()
+    shared = _workers.shared_copy(data)
+    assert shared.name == "tiny"
+    assert torch.equal(shared.train.images, data.train.images) and torch.equal(shared.test.labels, data.test.labels)
+    assert shared.train.images.is_shared() and not data.train.images.is_shared()
+    assert data.train.images.data_ptr() == pointer
+
+
+def test_a_workers_start_keeps_its_own_copy_and_its_thread_count():
+    data = _workers.shared_copy(tiny_data())
+    before = torch.get_num_threads()
+    try:
+        _workers._start(data, 1)
+        assert torch.get_num_threads() == 1
+        own = _workers._data
+        assert torch.equal(own.train.images, data.train.images) and not own.train.images.is_shared()
+        assert _workers.call_with_data(lambda task, d: (task, d.name), 7) == (7, "tiny")
+    finally:
+        torch.set_num_threads(before)
+        _workers._data = None
+
+
+def test_one_worker_runs_every_task_here_in_order_with_the_threads_asked_for():
+    seen = []
+
+    def record(task, data):
+        seen.append((task, torch.get_num_threads(), data.name))
+        return task * 10
+
+    results = list(_workers.results(record, [3, 1, 2], tiny_data(), workers=1, threads=1))
+    assert results == [(3, 30), (1, 10), (2, 20)]
+    assert seen == [(3, 1, "tiny"), (1, 1, "tiny"), (2, 1, "tiny")]
+
+
+def test_processes_that_cannot_start_give_a_warning_and_no_pool(monkeypatch):
+    def no_processes(*args, **kwargs):
+        raise PermissionError("no semaphores here")
+
+    monkeypatch.setattr(_workers.concurrent.futures, "ProcessPoolExecutor", no_processes)
+    with pytest.warns(UserWarning, match="PermissionError: no semaphores here.*with 2 thread"):
+        assert _workers.start(tiny_data(), 2, 2) is None
