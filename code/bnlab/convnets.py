@@ -35,8 +35,8 @@ from . import _workers
 from ._workers import using_threads
 from .data import Dataset, Split
 from .experiments import cache_dir, run_many, run_threads, seed_workers, write_json_atomic
-from .models import NORMS, CNNConfig, build_model
 from .layers import batchnorm_layers, model_device
+from .models import NORMS, CNNConfig, build_model
 from .modes import accuracy_in_mode, freeze_batchnorm, preserved_state
 from .training import TrainConfig, pick_device, train
 
