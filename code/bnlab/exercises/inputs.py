@@ -44,6 +44,18 @@ def seeded(module: nn.Module, generator: torch.Generator, std: float = 0.7) -> n
     return module
 
 
+def eval_batchnorm(generator: torch.Generator, n: int, eps: float, kind: type = nn.BatchNorm1d) -> nn.Module:
+    """An eval-mode BatchNorm (``kind``: nn.BatchNorm1d or nn.BatchNorm2d) of ``n`` features with random weight,
+    bias and running statistics."""
+    bn = kind(n, eps=eps)
+    with torch.no_grad():
+        bn.weight.copy_(1 + 0.5 * normal(generator, n))
+        bn.bias.copy_(normal(generator, n))
+        bn.running_mean.copy_(normal(generator, n))
+        bn.running_var.copy_(uniform(generator, 0.05, 2.0, n))
+    return bn.eval()
+
+
 LAYER_FACTORIES = {
     "Flatten": lambda: nn.Flatten(),
     "ReLU": lambda: nn.ReLU(),
