@@ -10,7 +10,7 @@ from torch import nn
 
 from .checks import Layer, Problem, describe_value, folded_layer_problem, tensor_problem
 from .core import Case, ChoiceExercise, ExerciseSet, FunctionExercise, ValueExercise
-from .inputs import eval_batchnorm, normal, randint, uniform
+from .inputs import eval_batchnorm, image_batch, normal, randint, uniform
 from .probe import FORBIDDABLE
 
 AXES_HINT = ("BatchNorm2d keeps one mean and one variance per channel, over the batch and every position: "
@@ -107,11 +107,8 @@ class BatchNorm2dTrain(FunctionExercise):
     }
 
     def make_case(self, generator, index):
-        n, c = randint(generator, 2, 4), randint(generator, 2, 4)
-        h, w = randint(generator, 2, 5), randint(generator, 2, 5)
-        h, w = (h + 2 if h == c else h), (w + 3 if w == c else w)  # C differs from H and W: broadcasting errors show
-        scale = uniform(generator, 0.2, 2.0, 1, c, 1, 1)
-        x = normal(generator, n, c, h, w) * scale + uniform(generator, -2.0, 2.0, 1, c, 1, 1)
+        x = image_batch(generator)
+        c = x.shape[1]
         args = {"x": x, "gamma": 1 + 0.5 * normal(generator, c), "beta": normal(generator, c),
                 "running_mean": normal(generator, c), "running_var": uniform(generator, 0.5, 2.0, c)}
         kwargs = {} if index == 0 else {"momentum": float(uniform(generator, 0.05, 0.3, 1)),
@@ -204,8 +201,9 @@ class FoldConvBatchNorm(FunctionExercise):
                                   "kernel_size, stride and padding.",
     }
     hint_on_error = {
-        "size of tensor": "gamma / sigma has one entry per *output* channel: it scales conv.weight, of shape "
-                          "(out, in, kH, kW), along dim 0: conv.weight * (gamma / sigma).view(-1, 1, 1, 1).",
+        **dict.fromkeys(("size of tensor", "broadcast shape"),
+                        "gamma / sigma has one entry per *output* channel: it scales conv.weight, of shape "
+                        "(out, in, kH, kW), along dim 0: conv.weight * (gamma / sigma).view(-1, 1, 1, 1)."),
         "NoneType": "Some Conv layers have no bias (conv.bias is None, after bias=False): then b = 0.",
     }
 

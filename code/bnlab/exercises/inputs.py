@@ -35,6 +35,16 @@ def feature_batch(generator: torch.Generator, n: int, c: int) -> torch.Tensor:
     return x.to(torch.float32)
 
 
+def image_batch(generator: torch.Generator) -> torch.Tensor:
+    """A float32 (N, C, H, W) batch of 2-4 images with 2-4 channels of different means and scales, in which C
+    differs from H and W, so that statistics or parameters lined up with the wrong axis raise or show."""
+    n, c = randint(generator, 2, 4), randint(generator, 2, 4)
+    h, w = randint(generator, 2, 5), randint(generator, 2, 5)
+    h, w = (h + 2 if h == c else h), (w + 3 if w == c else w)
+    scale = uniform(generator, 0.2, 2.0, 1, c, 1, 1)
+    return normal(generator, n, c, h, w) * scale + uniform(generator, -2.0, 2.0, 1, c, 1, 1)
+
+
 def seeded(module: nn.Module, generator: torch.Generator, std: float = 0.7) -> nn.Module:
     """``module`` with every floating-point parameter drawn from ``generator`` (its own initialisation would use
     the global random generator)."""
