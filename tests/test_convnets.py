@@ -10,7 +10,7 @@ from torch import nn
 from bnlab import convnets
 from bnlab.convnets import AXES, SweepRun, scaled_lr, statistic_groups
 from bnlab.data import Dataset, Split
-from bnlab.models import CNNConfig, build_cnn
+from bnlab.models import NORMS, CNNConfig, build_cnn
 from bnlab.training import TrainConfig
 
 TINY = CNNConfig(channels=(2, 4))
@@ -257,3 +257,8 @@ def test_batchnorm_inputs_can_go_through_autograd_afterwards():
     assert not x.is_inference() and not x.requires_grad
     nn.BatchNorm2d(2)(x.requires_grad_(True)).sum().backward()
     assert x.grad is not None
+
+
+def test_every_normaliser_the_models_build_has_a_name_in_the_chapter():
+    assert list(convnets.NORM_NAMES) == list(NORMS)
+    assert convnets.NORM_NAMES["layer"] == "LayerNorm-style"

@@ -84,6 +84,9 @@ def sizes_for(profile_name: str) -> Sizes:
 
 # --- which values share one mean and variance --------------------------------------------------------------------
 
+#: how the chapter names each ``CNNConfig.norm``
+NORM_NAMES = {"batch": "BatchNorm", "group": "GroupNorm", "layer": "LayerNorm-style", "none": "none"}
+
 #: the normalisers compared in the chapter, and the dimensions of an (N, C, H, W) input each averages over
 AXES = {
     "BatchNorm": "N, H, W (per channel)",
