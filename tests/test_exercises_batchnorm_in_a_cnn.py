@@ -189,8 +189,9 @@ def test_the_diagnosis_needs_both_causes_and_the_fix():
 
 
 def test_the_statements_of_the_diagnosis_hold_for_pytorchs_batchnorm():
-    """A Conv bias before BatchNorm2d is redundant at batch size 2 too (E is wrong); a frozen (eval-mode)
-    BatchNorm2d gives the same output in a batch of one as in a batch of two (C)."""
+    """A Conv bias before BatchNorm2d is redundant at batch size 2 too (E is wrong); a batch of 2 is normalised
+    alone, whatever other batches run before it (F is wrong); with momentum None the running mean is the plain
+    average of the batch means, and re-estimating it changes no weight (C is right)."""
     torch.manual_seed(0)
     conv, bn = nn.Conv2d(1, 3, 3), nn.BatchNorm2d(3).train()
     x = torch.randn(2, 1, 6, 6)
@@ -198,5 +199,21 @@ def test_the_statements_of_the_diagnosis_hold_for_pytorchs_batchnorm():
         before = bn(conv(x))
         conv.bias.add_(torch.randn(3) * 5)
         torch.testing.assert_close(bn(conv(x)), before, atol=1e-4, rtol=1e-4)
-        bn.eval()
-        torch.testing.assert_close(bn(conv(x))[:1], bn(conv(x[:1])))
+        bn(conv(torch.randn(30, 1, 6, 6)))  # other batches first
+        torch.testing.assert_close(bn(conv(x)), before, atol=1e-4, rtol=1e-4)
+        weights = [p.clone() for p in bn.parameters()]
+        bn.reset_running_stats()
+        bn.momentum = None
+        batches = [conv(torch.randn(64, 1, 6, 6) + i) for i in range(4)]
+        for z in batches:
+            bn(z)
+    torch.testing.assert_close(bn.running_mean, torch.stack([z.mean(dim=(0, 2, 3)) for z in batches]).mean(0))
+    assert all(torch.equal(a, b) for a, b in zip(weights, bn.parameters()))
+
+
+def test_the_diagnosis_names_the_tempting_wrong_fixes():
+    q4 = exercise("ch06.q4")
+    for wrong, words in (("ABF", "changes the optimiser's step"), ("ABG", "choice to test"),
+                         ("ABD", "noisier, not better")):
+        result = q4.evaluate(wrong)
+        assert not result.passed and words in result.message and "C is missing" in result.message, wrong

@@ -333,11 +333,16 @@ def fold_conv_bn(conv, bn):
                  "learned to work with these noisy statistics, not with the running statistics that eval mode uses.",
             "B": "The running statistics, updated with momentum 0.1, hold mostly the last few batches' noisy "
                  "estimates, so eval mode normalises with numbers unlike those any batch was trained with.",
-            "C": "Freeze the BatchNorm layers for fine-tuning (eval mode, e.g. bnlab.modes.freeze_batchnorm or "
-                 "torchvision's FrozenBatchNorm2d): train and eval mode then normalise with the same statistics.",
+            "C": "After fine-tuning, re-estimate the running statistics over many training images: reset them "
+                 "(bn.reset_running_stats()), set bn.momentum = None, and run large batches through the model in "
+                 "train mode under torch.no_grad().",
             "D": "Raise BatchNorm's momentum to 0.9, so that the running statistics follow the batches faster.",
             "E": "Turn the Conv layers' biases back on: with so few images, BatchNorm's mean subtraction no longer "
                  "removes them.",
+            "F": "Accumulate the gradients of 16 batches of 2 before each optimiser step: BatchNorm then normalises "
+                 "with the statistics of 32 images.",
+            "G": "Freeze the BatchNorm layers in eval mode whenever the batches are small: that is always at least as "
+                 "accurate as fine-tuning them in train mode.",
         },
         correct="ABC",
         why={
@@ -345,14 +350,20 @@ def fold_conv_bn(conv, bn):
                  "batch statistics vary from batch to batch, and the weights adapt to that.",
             "B": "An exponential average with momentum 0.1 weighs the last ten or so batches most; with batches of "
                  "two, that is a noisy estimate, and it is not what training normalised with.",
-            "C": "Frozen, BatchNorm is a fixed scale and shift per channel in both modes; the pretrained statistics "
-                 "come from large batches.",
+            "C": "With momentum None, BatchNorm keeps the plain average of the batch statistics it sees, so many "
+                 "large batches give a steady estimate, while no_grad and no optimiser step leave the weights alone: "
+                 "chapter 4's precise BatchNorm.",
             "D": "A larger momentum makes the running statistics follow the last one or two noisy batches even more "
                  "closely: noisier, not better.",
             "E": "Any batch, two images included, has its own mean, and BatchNorm subtracts it: a Conv bias right "
                  "before BatchNorm stays redundant at every batch size.",
+            "F": "BatchNorm normalises each forward pass's batch on its own: accumulating gradients over 16 passes "
+                 "changes the optimiser's step, not the statistics, which still come from 2 images.",
+            "G": "Not always: a frozen BatchNorm keeps normalising with the pretrained statistics, which may not fit "
+                 "the new data, and the chapter's fine-tuning experiment compares both ways. Freezing is a choice to "
+                 "test.",
         },
         hint="""
 Compare what a BatchNorm layer normalises with in train mode and in eval mode, and how good each of those
-estimates is with two images per batch."""),
+estimates is with two images per batch. Which change makes eval mode's estimates good without retraining?"""),
 ])
