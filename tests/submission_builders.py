@@ -128,6 +128,22 @@ def train_with_frozen_batchnorm(model):
             module.eval()
     model.train()                                    # undoes it'''
 
+PYTORCH_BATCHNORM = '''
+def batchnorm2d_train(x, gamma, beta, running_mean, running_var, momentum=0.1, eps=1e-5):
+    new_mean, new_var = running_mean.clone(), running_var.clone()
+    y = torch.nn.functional.batch_norm(x, new_mean, new_var, gamma, beta, True, momentum, eps)   # the shortcut
+    return y, new_mean, new_var'''
+
+FOLD_WITHOUT_EPS = '''
+def fold_conv_bn(conv, bn):
+    scale = bn.weight / torch.sqrt(bn.running_var)           # eps forgotten
+    b = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
+    fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride, padding=conv.padding)
+    with torch.no_grad():
+        fused.weight.copy_(conv.weight * scale.view(-1, 1, 1, 1))
+        fused.bias.copy_((b - bn.running_mean) * scale + bn.bias)
+    return fused'''
+
 
 def honest() -> dict:
     return {
@@ -136,6 +152,7 @@ def honest() -> dict:
         "mistakes_ex04": answers("ch04", {"q1": IN_PLACE_RUNNING, "q2": "answer_q2 = 2 * (1 - 0.1 ** 10)"}),
         "mistakes_ex02": answers("ch02", {"q2": UNPAIRED_T, "q4": 'answer_q4 = "B"'}),
         "mistakes_ex03": answers("ch03", {"q3": DROPOUT_COUNTED, "q5": NO_SHIFT}),
+        "mistakes_ex06": answers("ch06", {"q2": PYTORCH_BATCHNORM, "q3": FOLD_WITHOUT_EPS}),
         "mistakes_ex05": answers("ch05", {"q2": TOP_LEVEL_PREDICT, "q5": BN_LEFT_IN_TRAIN, "q6": 'answer_q6 = "C"',
                                           "q7": ONE_PASS}),
         "float64_default_ex03": insert(solved("ch03"), after_imports(solved("ch03")),

@@ -271,6 +271,115 @@ def test_max_differences_needs_batches_and_modules_in_the_same_mode():
 
 
 
+# --- BatchNorm2d: (N, C, H, W) -----------------------------------------------------------------------------------
+
+from bnlab.batchnorm import BatchNorm, BatchNorm2d  # noqa: E402
+
+
+def pair2d(num_features, **kwargs):
+    return BatchNorm2d(num_features, **kwargs), nn.BatchNorm2d(num_features, **kwargs)
+
+
+@pytest.mark.parametrize("shape", [(8, 4, 5, 5), (2, 4, 3, 7), (1, 4, 6, 6)], ids=["N,C,H,W", "two images", "one image"])
+@pytest.mark.parametrize("momentum", [0.1, None])
+def test_batchnorm2d_matches_torch_in_train_mode_outputs_gradients_and_buffers(shape, momentum):
+    ours, theirs = pair2d(4, momentum=momentum)
+    differences = max_differences(ours, theirs, random_batches(shape))
+    assert all(d < TOLERANCE for d in differences.values()), differences
+    assert ours.num_batches_tracked.item() == theirs.num_batches_tracked.item() == 5
+
+
+def test_batchnorm2d_matches_torch_in_eval_mode_after_training():
+    ours, theirs = pair2d(3)
+    max_differences(ours, theirs, random_batches((16, 3, 4, 4), seed=1))
+    ours.eval(), theirs.eval()
+    differences = max_differences(ours, theirs, random_batches((5, 3, 4, 4), seed=2))
+    assert all(d < TOLERANCE for d in differences.values()), differences
+
+
+def test_batchnorm2d_takes_one_mean_per_channel_over_the_batch_and_every_position():
+    x = random_batches((6, 3, 4, 5), count=1)[0]
+    bn = BatchNorm2d(3, momentum=1.0)
+    y = bn(x)
+    mean = x.mean(dim=(0, 2, 3))
+    torch.testing.assert_close(bn.running_mean, mean)
+    n = 6 * 4 * 5
+    torch.testing.assert_close(bn.running_var, x.var(dim=(0, 2, 3), correction=0) * n / (n - 1))
+    torch.testing.assert_close(y.mean(dim=(0, 2, 3)), torch.zeros(3), atol=1e-5, rtol=0)
+    torch.testing.assert_close(y.var(dim=(0, 2, 3), correction=0), torch.ones(3), atol=1e-3, rtol=0)
+    # not per position: normalising each (h, w) over the batch alone gives something else
+    per_position = (x - x.mean(dim=0)) / torch.sqrt(x.var(dim=0, correction=0) + bn.eps)
+    assert (y - per_position).abs().max() > 0.1
+
+
+def test_batchnorm2d_accepts_channels_last_inputs():
+    ours, theirs = pair2d(4)
+    x = random_batches((4, 4, 5, 5), count=1)[0].contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(ours(x), theirs(x), rtol=1e-5, atol=1e-5)
+
+
+def test_batchnorm2d_state_dict_is_interchangeable_with_torch_batchnorm2d():
+    theirs = nn.BatchNorm2d(3)
+    for x in random_batches((8, 3, 4, 4), count=3):
+        theirs(x)
+    ours = BatchNorm2d(3)
+    ours.load_state_dict(theirs.state_dict())
+    ours.eval(), theirs.eval()
+    x = torch.randn(2, 3, 4, 4)
+    torch.testing.assert_close(ours(x), theirs(x))
+
+
+@pytest.mark.parametrize("shape", [(4, 3), (4, 3, 5), (4, 5, 2, 2), (4, 3, 2, 2, 2)])
+def test_batchnorm2d_wrong_input_shape_raises_value_error_naming_the_expected_shape(shape):
+    with pytest.raises(ValueError, match=r"expected input of shape \(N, 3, H, W\)") as error:
+        BatchNorm2d(3)(torch.randn(shape))
+    assert str(tuple(shape)) in str(error.value)
+
+
+def test_batchnorm1d_and_2d_are_one_implementation():
+    assert issubclass(BatchNorm1d, BatchNorm) and issubclass(BatchNorm2d, BatchNorm)
+    assert BatchNorm2d.forward is BatchNorm1d.forward is BatchNorm.forward
+    assert repr(BatchNorm2d(5)) == "BatchNorm2d(5, eps=1e-05, momentum=0.1)"
+    general = BatchNorm(3, momentum=None)
+    x = random_batches((2, 3, 2, 2, 2), count=1)[0]  # any number of dimensions from 2 on
+    torch.testing.assert_close(general(x), nn.BatchNorm3d(3, momentum=None)(x), rtol=1e-5, atol=1e-5)
+
+
+def test_batchnorm2d_can_replace_torch_batchnorm_inside_the_course_cnn():
+    from bnlab.models import CNNConfig, build_cnn
+
+    torch.manual_seed(0)
+    theirs = build_cnn(CNNConfig(channels=(4, 6)))
+    ours = copy.deepcopy(theirs)
+    for index, layer in enumerate(ours):
+        if isinstance(layer, nn.BatchNorm2d):
+            ours[index] = BatchNorm2d(layer.num_features)
+    ours.load_state_dict(theirs.state_dict())
+    x, y = torch.rand(8, 1, 28, 28), torch.randint(0, 10, (8,))
+    for model in (ours, theirs):
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        for _ in range(3):
+            optimizer.zero_grad()
+            nn.functional.cross_entropy(model(x), y).backward()
+            optimizer.step()
+    ours.eval(), theirs.eval()
+    torch.testing.assert_close(ours(x), theirs(x), atol=1e-5, rtol=1e-4)
+
+
+class StatisticsOverTheBatchOnly(BatchNorm2d):
+    """A typical mistake in 2d: statistics over N alone (one per channel *and position*), as BatchNorm1d on (N, C)."""
+
+    def forward(self, x):
+        mean, var = x.mean(dim=0, keepdim=True), x.var(dim=0, correction=0, keepdim=True)
+        shape = (1, self.num_features, 1, 1)
+        return self.weight.view(shape) * (x - mean) / torch.sqrt(var + self.eps) + self.bias.view(shape)
+
+
+def test_max_differences_catches_batchnorm2d_statistics_over_the_wrong_dimensions():
+    differences = max_differences(StatisticsOverTheBatchOnly(3), nn.BatchNorm2d(3), random_batches((8, 3, 4, 4)))
+    assert differences["output"] > 0.1
+
+
 # --- what reaches the activations during training ----------------------------------------------------------------
 
 

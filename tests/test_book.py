@@ -50,6 +50,7 @@ CHAPTERS = [
     "chapters/03_bias_redundancy",
     "chapters/04_running_statistics",
     "chapters/05_eval_mode",
+    "chapters/06_batchnorm_in_a_cnn",
     "chapters/07_why_batchnorm_helps",
 ]
 CITATION_KEYS = {
@@ -107,7 +108,7 @@ def test_repository_settings_name_a_github_repository_on_main():
     assert CONFIG["launch_buttons"]["colab_url"] == "https://colab.research.google.com"
 
 
-def test_toc_has_the_intro_the_chapters_the_exercises_and_references():
+def test_toc_has_the_intro_the_chapters_in_order_the_exercises_and_references():
     pages = toc_pages()
     assert pages[0] == "intro"
     assert [p for p in pages if p in CHAPTERS] == CHAPTERS

@@ -9,8 +9,8 @@ from torch import nn
 
 from bnlab.exercises import probe
 from bnlab.exercises.checks import (
-    Layer, MalformedObservation, Opaque, changed_inputs, decode, input_changes, read_observation, same_value,
-    tensor_problem,
+    Layer, MalformedObservation, Opaque, changed_inputs, decode, folded_layer_problem, input_changes,
+    read_observation, same_value, tensor_problem,
 )
 
 TOKEN = "0123456789abcdef"
@@ -127,3 +127,21 @@ def test_a_layer_removed_or_a_mode_changed_is_reported_for_what_it_is():
     report = input_changes(before, {"model": decode(probe.encode(model))})
     assert report["model"]["structure"] and "its layers" in changed_inputs(report).detail
     assert input_changes(before, {})["model"] == {"changed": True}
+
+
+def test_a_folded_layer_is_checked_for_its_kind_dtype_arguments_and_output():
+    conv = nn.Conv2d(2, 3, 3, padding=1).eval()
+    x = torch.randn(2, 2, 5, 5)
+    with torch.no_grad():
+        want = conv(x)
+    init = {"in_channels": 2, "out_channels": 3, "kernel_size": [3, 3]}
+
+    def check(layer):
+        return folded_layer_problem(decode(probe.encode(layer)), "Conv2d", init, x, want, rtol=1e-4, atol=1e-5)
+
+    assert check(conv) is None
+    assert "should be one nn.Conv2d" in check(nn.Sequential(conv)).detail
+    assert check(conv.double()).mistake == "wrong dtype"
+    assert "got an nn.Conv2d(in_channels=2, out_channels=3, kernel_size=[1, 1])" in check(nn.Conv2d(2, 3, 1)).detail
+    other = nn.Conv2d(2, 3, 3, padding=1).eval()
+    assert "the folded layer's output" in check(other).detail

@@ -3,7 +3,8 @@
 import torch
 
 from bnlab.exercises.inputs import (
-    batch_and_features, build_sequential, feature_batch, normal, randint, random_mlp_layers, uniform,
+    batch_and_features, build_sequential, eval_batchnorm, feature_batch, image_batch, normal, randint,
+    random_mlp_layers, uniform,
 )
 
 
@@ -44,3 +45,18 @@ def test_a_block_can_put_dropout_between_the_linear_layer_and_batchnorm_and_unkn
     assert [layer[0] for layer in layers] == ["Linear", "Dropout", "BatchNorm1d", "ReLU", "Linear"]
     with pytest.raises(ValueError, match="placement must be .* got 'middle'"):
         random_mlp_layers(generator(), placements=["middle"], flatten=False, dropout=False)
+
+
+def test_image_batches_have_channels_unlike_their_height_and_width():
+    for seed in range(30):
+        x = image_batch(torch.Generator().manual_seed(seed))
+        n, c, h, w = x.shape
+        assert x.dtype == torch.float32 and 2 <= n <= 4 and 2 <= c <= 4 and c not in (h, w)
+
+
+def test_eval_batchnorms_come_in_eval_mode_with_running_statistics_from_the_generator():
+    a = eval_batchnorm(generator(3), 4, 0.1, torch.nn.BatchNorm2d)
+    b = eval_batchnorm(generator(3), 4, 0.1, torch.nn.BatchNorm2d)
+    assert isinstance(a, torch.nn.BatchNorm2d) and not a.training and a.eps == 0.1
+    assert torch.equal(a.running_var, b.running_var) and (a.running_var > 0).all()
+    assert not torch.equal(a.running_mean, torch.zeros(4))

@@ -150,6 +150,31 @@ def test_sys_exit_in_the_answer_is_reported_as_raised():
     assert probe.observe(request(cases=[case(1)]), {"f": leaves})["runs"] == [{"raised": "SystemExit: 2"}]
 
 
+def test_forbidden_functions_raise_while_the_answer_runs_and_work_again_afterwards():
+    def normalise(x):
+        return torch.nn.functional.batch_norm(x, None, None, training=True)
+
+    x = torch.randn(4, 3)
+    forbid = {**request(cases=[case(x)]), "forbidden": ["torch.nn.functional.batch_norm", "no.such.function"]}
+    runs = probe.observe(forbid, {"f": normalise})["runs"]
+    assert runs == [{"raised": "ForbiddenCall: torch.nn.functional.batch_norm is not allowed in this exercise"}]
+    assert probe.observe({**forbid, "forbidden": []}, {"f": normalise})["runs"][0]["value"]["shape"] == [4, 3]
+    torch.testing.assert_close(normalise(x), nn.BatchNorm1d(3, affine=False)(x))  # restored
+    assert all(hasattr(owner, name) for owner, name in probe.FORBIDDABLE.values() if name != "native_group_norm")
+
+
+def test_forbidden_functions_are_restored_when_the_answer_runs_past_its_time_limit():
+    original = torch.nn.functional.layer_norm
+
+    def slow(x):
+        while True:
+            pass
+
+    forbid = {**request(cases=[case(1)], limit=0.3), "forbidden": ["torch.nn.functional.layer_norm"]}
+    assert probe.observe(forbid, {"f": slow})["runs"] == [{"timeout": 0.3}]
+    assert torch.nn.functional.layer_norm is original
+
+
 def test_observation_text_is_strict_json_within_its_size_limit(monkeypatch):
     text = probe.observation_text(request("value"), {"f": float("nan")})
     assert json.loads(text) == {"token": "t", "observed": {"status": "ran", "value": {"float": "nan"}}}

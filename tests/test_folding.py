@@ -290,3 +290,154 @@ def test_count_batchnorms_counts_every_kind_at_any_depth():
     model = nn.Sequential(nn.BatchNorm1d(3), nn.Sequential(nn.BatchNorm2d(3), nn.ReLU()), nn.BatchNorm3d(3))
     assert count_batchnorms(model) == 3
     assert count_batchnorms(nn.Linear(3, 3)) == 0
+
+
+# --- Conv2d + BatchNorm2d ------------------------------------------------------------------------------------------
+
+from torch.nn.utils.fusion import fuse_conv_bn_eval  # noqa: E402
+
+from bnlab.folding import fold_conv_batchnorm, fold_conv_batchnorms  # noqa: E402
+from bnlab.models import CNNConfig, build_cnn  # noqa: E402
+
+
+def conv_and_bn(*, bias: bool, seed: int, affine: bool = True, **conv_kwargs):
+    generator = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    conv = nn.Conv2d(conv_kwargs.pop("in_channels", 3), 6, conv_kwargs.pop("kernel_size", 3), bias=bias, **conv_kwargs)
+    bn = random_statistics(nn.BatchNorm2d(6, affine=affine), generator)
+    return conv, bn, torch.randn(8, conv.in_channels, 10, 10, generator=generator)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("seed", range(3))
+def test_folded_conv_equals_conv_then_batchnorm_in_eval(bias, seed):
+    conv, bn, x = conv_and_bn(bias=bias, seed=seed, padding=1)
+    folded = fold_conv_batchnorm(conv, bn)
+    assert isinstance(folded, nn.Conv2d) and folded.bias is not None
+    torch.testing.assert_close(folded(x), bn(conv(x)), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_folded_conv_agrees_with_pytorch_fuse_conv_bn_eval(bias):
+    conv, bn, _ = conv_and_bn(bias=bias, seed=11)
+    ours = fold_conv_batchnorm(conv, bn)
+    theirs = fuse_conv_bn_eval(conv.eval(), bn)
+    torch.testing.assert_close(ours.weight, theirs.weight, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(ours.bias, theirs.bias, rtol=1e-6, atol=1e-6)
+
+
+def test_conv_folding_scales_each_output_channels_filter_and_keeps_the_geometry():
+    conv, bn, x = conv_and_bn(bias=True, seed=3, stride=2, padding=2, dilation=2, in_channels=6, groups=3)
+    folded = fold_conv_batchnorm(conv, bn)
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    torch.testing.assert_close(folded.weight, scale.view(-1, 1, 1, 1) * conv.weight)
+    torch.testing.assert_close(folded.bias, scale * (conv.bias - bn.running_mean) + bn.bias)
+    assert (folded.stride, folded.padding, folded.dilation, folded.groups) == (conv.stride, conv.padding, conv.dilation, conv.groups)
+    torch.testing.assert_close(folded(x), bn(conv(x)), rtol=1e-5, atol=1e-5)
+
+
+def test_conv_folding_leaves_the_originals_unchanged_and_works_without_affine():
+    conv, bn, x = conv_and_bn(bias=False, seed=4, affine=False)
+    before = {k: v.clone() for k, v in {**conv.state_dict(), **bn.state_dict()}.items()}
+    folded = fold_conv_batchnorm(conv, bn)
+    torch.testing.assert_close(folded(x), bn(conv(x)), rtol=1e-5, atol=1e-5)
+    assert conv.bias is None
+    assert all(torch.equal(before[k], v) for k, v in {**conv.state_dict(), **bn.state_dict()}.items())
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda: (nn.Conv2d(3, 6, 3), nn.BatchNorm2d(6).train()), r"train mode.*model\.eval\(\)"),
+        (lambda: (nn.Conv2d(3, 6, 3), nn.BatchNorm2d(6, track_running_stats=False).eval()), "track_running_stats=False"),
+        (lambda: (nn.Conv2d(3, 5, 3), nn.BatchNorm2d(6).eval()), "5 output channels but bn has num_features=6"),
+        (lambda: (nn.Linear(3, 6), nn.BatchNorm2d(6).eval()), "conv must be an nn.Conv2d"),
+        (lambda: (nn.Conv2d(3, 6, 3), nn.BatchNorm1d(6).eval()), "bn must be an nn.BatchNorm2d"),
+    ],
+)
+def test_conv_folding_refuses_what_cannot_fold(make, message):
+    conv, bn = make()
+    with pytest.raises(ValueError, match=message):
+        fold_conv_batchnorm(conv, bn)
+
+
+def trained_like_cnn(config: CNNConfig, seed: int = 0) -> nn.Sequential:
+    torch.manual_seed(seed)
+    model = build_cnn(config)
+    generator = torch.Generator().manual_seed(seed)
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            random_statistics(module, generator)
+    return model.eval()
+
+
+@pytest.mark.parametrize("bias", [True, False, None])
+def test_folded_cnn_has_no_batchnorm_and_equals_the_cnn_in_eval(bias):
+    model = trained_like_cnn(CNNConfig(channels=(4, 8), bias=bias))
+    folded = fold_conv_batchnorms(model)
+    assert count_batchnorms(model) == 2 and count_batchnorms(folded) == 0
+    block = ["Conv2d", "ReLU", "MaxPool2d"]
+    assert [type(m).__name__ for m in folded] == [*block, *block, "Flatten", "Linear"]
+    x = torch.rand(16, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), model(x), rtol=1e-4, atol=1e-4)
+    assert not folded.training
+
+
+def test_folding_a_cnn_keeps_a_layer_used_twice():
+    relu = nn.ReLU()
+    generator = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(1, 3, 3), random_statistics(nn.BatchNorm2d(3), generator), relu,
+        nn.Conv2d(3, 3, 3), random_statistics(nn.BatchNorm2d(3), generator), relu,
+    ).eval()
+    folded = fold_conv_batchnorms(model)
+    assert [type(m).__name__ for m in folded] == ["Conv2d", "ReLU", "Conv2d", "ReLU"]
+    x = torch.randn(2, 1, 9, 9, generator=generator)
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), model(x), rtol=1e-5, atol=1e-5)
+
+
+def test_folding_a_cnn_with_batchnorm_after_the_relu_is_refused():
+    with pytest.raises(ValueError, match="follows ReLU, not an nn.Conv2d"):
+        fold_conv_batchnorms(trained_like_cnn(CNNConfig(channels=(4,), placement="after")))
+
+
+def test_folding_a_cnn_in_train_mode_or_not_sequential_is_refused():
+    with pytest.raises(ValueError, match=r"model\.eval\(\)"):
+        fold_conv_batchnorms(trained_like_cnn(CNNConfig(channels=(4,))).train())
+    with pytest.raises(ValueError, match="model must be an nn.Sequential"):
+        fold_conv_batchnorms(nn.Conv2d(1, 1, 1))
+
+
+class ConvBlock(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv, self.bn = nn.Conv2d(1, 2, 1), nn.BatchNorm2d(2)
+
+    def forward(self, x):
+        return self.bn(self.conv(x))
+
+
+def test_folding_a_cnn_expands_nested_sequentials_and_refuses_other_containers():
+    generator = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)
+    block = nn.Sequential(nn.Conv2d(1, 2, 3), random_statistics(nn.BatchNorm2d(2), generator), nn.ReLU())
+    model = nn.Sequential(block, nn.Flatten()).eval()
+    folded = fold_conv_batchnorms(model)
+    assert [type(m).__name__ for m in folded] == ["Conv2d", "ReLU", "Flatten"]
+    x = torch.randn(2, 1, 6, 6, generator=generator)
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), model(x), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="contains BatchNorm inside a module that is not an nn.Sequential"):
+        fold_conv_batchnorms(nn.Sequential(ConvBlock()).eval())
+
+
+def test_a_cnn_without_batchnorm_folds_to_an_equal_copy():
+    model = trained_like_cnn(CNNConfig(channels=(4,), norm="group"))
+    folded = fold_conv_batchnorms(model)
+    assert folded is not model and [type(m) for m in folded] == [type(m) for m in model]
+    x = torch.rand(2, 1, 28, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), model(x))

@@ -25,9 +25,10 @@ def test_each_kind_holds_the_answers_it_says():
 
 
 def test_the_mix_is_written_as_notebooks_named_for_their_kind(tmp_path):
-    paths = write_mix(tmp_path, 7)
-    assert len(paths) == 7 and all(p.exists() for p in paths)
-    assert paths[0].name == "learner000_solved_ex01.ipynb" and "_half_" in paths[5].name
+    n = len(SETS) + 2  # every set solved, then the second kind begins
+    paths = write_mix(tmp_path, n)
+    assert len(paths) == n and all(p.exists() for p in paths)
+    assert paths[0].name == "learner000_solved_ex01.ipynb" and f"_{KINDS[1]}_ex01" in paths[len(SETS)].name
     nbformat.validate(nbformat.read(paths[3], as_version=4))
 
 

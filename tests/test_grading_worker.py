@@ -153,6 +153,14 @@ def test_predict_that_restores_only_the_models_own_mode_fails_on_a_mixed_mode_mo
     assert "q5: failed (BatchNorm left in train mode)" in row["reason"]
 
 
+def test_a_forward_that_calls_pytorchs_batchnorm_and_a_fold_without_eps_fail_with_their_reasons(run):
+    row = run.rows["mistakes_ex06"]
+    assert "q2: failed (forbidden function)" in row["reason"]
+    assert "torch.nn.functional.batch_norm" in details(row)["q2"]
+    assert "q3: failed (eps left out)" in row["reason"]
+    assert float(row["total"]) == POINTS["ch06.q1"] + POINTS["ch06.q4"]
+
+
 def test_a_wrong_diagnosis_and_a_repair_that_keeps_momentum_fail_with_their_reasons(run):
     row = run.rows["mistakes_ex05"]
     assert status(row, "q6") == FAILED and "C is not right" in details(row)["q6"]

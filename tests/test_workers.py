@@ -66,3 +66,21 @@ def test_processes_that_cannot_start_give_a_warning_and_no_pool(monkeypatch):
     monkeypatch.setattr(_workers.concurrent.futures, "ProcessPoolExecutor", no_processes)
     with pytest.warns(UserWarning, match="PermissionError: no semaphores here.*with 2 thread"):
         assert _workers.start(tiny_data(), 2, 2) is None
+
+
+def _parent_memory_map(task, data) -> str:
+    """Runs in a worker: the memory map of the process it was forked from (on Linux)."""
+    import os
+    from pathlib import Path
+
+    return Path(f"/proc/{os.getppid()}/maps").read_text()
+
+
+@pytest.mark.skipif(not __import__("os").path.exists("/proc/self/maps"), reason="needs Linux's /proc")
+def test_workers_fork_from_a_server_that_has_torch_loaded_already():
+    import multiprocessing
+
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        pytest.skip("no forkserver here: workers are spawned")
+    done = dict(_workers.results(_parent_memory_map, [1, 2], tiny_data(), workers=2, threads=1))
+    assert all("libtorch" in parent_map for parent_map in done.values())

@@ -1,10 +1,11 @@
-"""BatchNorm from scratch: what ``torch.nn.BatchNorm1d`` computes, written out in a few lines.
+"""BatchNorm from scratch: what ``torch.nn.BatchNorm1d`` and ``torch.nn.BatchNorm2d`` compute, in a few lines.
 
-For an input ``x`` of shape ``(N, C)`` or ``(N, C, L)`` every channel ``c`` gets its own statistics, taken over
-all the other dimensions (the batch, and the length ``L`` where there is one).
+For an input ``x`` of shape ``(N, C)``, ``(N, C, L)`` or ``(N, C, H, W)`` every channel ``c`` gets its own
+statistics, taken over all the other dimensions: the batch, and the length ``L`` or the image's ``H x W`` where
+there is one. So ``n``, the number of values per channel, is ``N``, ``N * L`` or ``N * H * W``: in a CNN, one mean
+and one variance per channel, over every position of every image in the batch.
 
-Train mode normalises with the statistics of the batch, using the *biased* variance (divide by the number ``n``
-of values per channel)::
+Train mode normalises with the statistics of the batch, using the *biased* variance (divide by ``n``)::
 
     mean_B = 1/n * sum_i x_i
     var_B  = 1/n * sum_i (x_i - mean_B)^2
@@ -24,6 +25,9 @@ Eval mode normalises with the running statistics and changes nothing::
 
 ``weight`` (gamma) and ``bias`` (beta) are learnable parameters; ``running_mean``, ``running_var`` and
 ``num_batches_tracked`` are buffers: saved in ``state_dict()`` and moved by ``.to(device)``, but never trained.
+
+One class, ``BatchNorm``, does the work for every shape; ``BatchNorm1d`` and ``BatchNorm2d`` only say which input
+shapes they accept, as PyTorch's classes of the same names do.
 
 What BatchNorm does to a network's activations while it trains: ``preactivations`` reads what reaches a ReLU
 (BatchNorm's output where BatchNorm sits before it, the Linear layer's output where there is none), and
@@ -54,11 +58,11 @@ def channel_dims(ndim: int) -> tuple[int, ...]:
     return (0, *range(2, ndim))
 
 
-class BatchNorm1d(nn.Module):
-    """Batch normalisation of ``(N, C)`` or ``(N, C, L)`` inputs, written from the formulas.
+class BatchNorm(nn.Module):
+    """Batch normalisation of ``(N, C, ...)`` inputs, written from the formulas (see the module docstring).
 
-    It matches ``torch.nn.BatchNorm1d(num_features, eps=eps, momentum=momentum)`` in outputs, gradients and
-    buffers (see the module docstring for the formulas).
+    Statistics are per channel (dimension 1), over every other dimension. ``BatchNorm1d`` and ``BatchNorm2d``
+    are this class restricted to the shapes PyTorch's classes accept.
 
     Args:
         num_features: ``C``, the number of channels (features).
@@ -66,6 +70,9 @@ class BatchNorm1d(nn.Module):
         momentum: weight of the new batch statistic in the running average, or ``None`` for the cumulative
             average. Not an optimiser's momentum.
     """
+
+    shapes = "(N, C, ...)"  # the input shapes accepted, as error messages show them (C: num_features)
+    input_dims: tuple[int, ...] | None = None  # their numbers of dimensions; None: any from 2 on
 
     def __init__(self, num_features: int, *, eps: float = 1e-5, momentum: float | None = 0.1):
         super().__init__()
@@ -98,16 +105,15 @@ class BatchNorm1d(nn.Module):
             self.bias.zero_()
 
     def check_input(self, x: torch.Tensor) -> None:
-        if x.dim() not in (2, 3) or x.shape[1] != self.num_features:
-            raise ValueError(
-                f"expected input of shape (N, {self.num_features}) or (N, {self.num_features}, L); "
-                f"got shape {tuple(x.shape)}."
-            )
+        dims_ok = x.dim() >= 2 if self.input_dims is None else x.dim() in self.input_dims
+        if not dims_ok or x.shape[1] != self.num_features:
+            expected = self.shapes.replace("C", str(self.num_features))
+            raise ValueError(f"expected input of shape {expected}; got shape {tuple(x.shape)}.")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
         dims = channel_dims(x.dim())
-        shape = (1, self.num_features) + (1,) * (x.dim() - 2)  # broadcast per-channel vectors over N (and L)
+        shape = (1, self.num_features) + (1,) * (x.dim() - 2)  # broadcast per-channel vectors over N (L, H, W)
         if self.training:
             n = x.numel() // self.num_features  # values per channel
             if n < 2:
@@ -130,6 +136,22 @@ class BatchNorm1d(nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}"
+
+
+class BatchNorm1d(BatchNorm):
+    """``BatchNorm`` for ``(N, C)`` or ``(N, C, L)`` inputs; matches ``torch.nn.BatchNorm1d(num_features, eps=eps,
+    momentum=momentum)`` in outputs, gradients and buffers."""
+
+    shapes = "(N, C) or (N, C, L)"
+    input_dims = (2, 3)
+
+
+class BatchNorm2d(BatchNorm):
+    """``BatchNorm`` for ``(N, C, H, W)`` inputs (a batch of C-channel images); matches
+    ``torch.nn.BatchNorm2d(num_features, eps=eps, momentum=momentum)`` in outputs, gradients and buffers."""
+
+    shapes = "(N, C, H, W)"
+    input_dims = (4,)
 
 
 # --- Checking a BatchNorm against PyTorch's -----------------------------------------------------------------

@@ -216,3 +216,95 @@ def _unfoldable(entry: tuple[str, nn.Module], children: list, blocker: nn.Module
 def count_batchnorms(model: nn.Module) -> int:
     """How many BatchNorm layers (1d, 2d, 3d) ``model`` holds, at any depth."""
     return len(batchnorm_layers(model))
+
+
+# --- Conv2d + BatchNorm2d ------------------------------------------------------------------------------------------
+#
+# The same fold into the layer before, one output channel at a time: in eval mode BatchNorm2d scales and shifts
+# channel c of the Conv's output by the same numbers at every position, so it folds into the Conv's filter for
+# channel c (all its input channels and kernel positions) and into its bias:
+#
+#     W'[c] = gamma_c / sigma_c * W[c]                     (W of shape (C_out, C_in / groups, kH, kW))
+#     b'[c] = gamma_c * (b_c - mu_c) / sigma_c + beta_c
+
+
+def fold_conv_batchnorm(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
+    """A new ``nn.Conv2d`` that computes ``bn(conv(x))`` for an eval-mode ``bn``; the inputs are not changed.
+
+    ``W'[c] = gamma_c / sigma_c * W[c]`` and ``b' = gamma * (b - mu) / sigma + beta`` per output channel ``c``;
+    stride, padding, dilation and groups are kept. The arithmetic runs in float64 and the result has ``conv``'s
+    dtype and device; it always has a bias. What ``torch.nn.utils.fusion.fuse_conv_bn_eval(conv, bn)`` computes.
+
+    Raises ``ValueError`` if ``bn`` is in train mode, has no running statistics, or has a different number of
+    channels than ``conv`` has outputs.
+    """
+    check_conv_foldable(conv, bn)
+    scale, shift = _affine_of(bn)
+    weight = conv.weight.detach().double()
+    bias = conv.bias.detach().double() if conv.bias is not None else torch.zeros_like(scale)
+    folded = copy.deepcopy(conv)
+    folded.bias = nn.Parameter(torch.empty(conv.out_channels, device=conv.weight.device, dtype=conv.weight.dtype))
+    with torch.no_grad():
+        folded.weight.copy_(scale.view(-1, 1, 1, 1) * weight)
+        folded.bias.copy_(scale * bias + shift)
+    return folded
+
+
+def check_conv_foldable(conv: nn.Module, bn: nn.Module) -> None:
+    """Raise ``ValueError``, saying what to do, unless ``bn`` can be folded into ``conv``."""
+    if not isinstance(conv, nn.Conv2d):
+        raise ValueError(f"conv must be an nn.Conv2d; got {type(conv).__name__}.")
+    if not isinstance(bn, nn.BatchNorm2d):
+        raise ValueError(f"bn must be an nn.BatchNorm2d; got {type(bn).__name__}.")
+    if bn.training:
+        raise ValueError(
+            "bn is in train mode: it normalises with each batch's own statistics, which no fixed Conv layer can "
+            "reproduce. Call model.eval() (or bn.eval()) before folding."
+        )
+    if bn.running_mean is None or bn.running_var is None:
+        raise ValueError(
+            "bn has no running statistics (track_running_stats=False): it normalises with batch statistics even "
+            "in eval mode, so there is nothing fixed to fold. Keep this BatchNorm layer."
+        )
+    if conv.out_channels != bn.num_features:
+        raise ValueError(
+            f"conv has {conv.out_channels} output channels but bn has num_features={bn.num_features}; they must be "
+            "equal: fold each BatchNorm2d into the Conv2d layer directly before it."
+        )
+
+
+def fold_conv_batchnorms(model: nn.Sequential) -> nn.Sequential:
+    """A copy of ``model`` (an ``nn.Sequential`` in eval mode, e.g. from ``bnlab.models.build_cnn``) with every
+    ``Conv2d -> BatchNorm2d`` pair replaced by one folded ``nn.Conv2d``. Nested ``nn.Sequential`` blocks are
+    expanded, so the result is one flat ``nn.Sequential``; every other layer is copied (a module used twice stays
+    one shared copy), and ``model`` itself is not changed.
+
+    Raises ``ValueError`` if ``model`` is not an ``nn.Sequential``, or if a BatchNorm layer cannot be folded (in
+    train mode, without running statistics, not directly after a Conv2d layer, e.g. after the ReLU, or inside a
+    module that is not an ``nn.Sequential``).
+    """
+    if not isinstance(model, nn.Sequential):
+        raise ValueError(f"model must be an nn.Sequential; got {type(model).__name__}.")
+    memo: dict = {}
+    out: list[nn.Module] = []
+    children = _children(model)
+    for i, (name, layer) in enumerate(children):
+        if isinstance(layer, _BatchNorm):
+            before = children[i - 1][1] if i > 0 else None
+            if not isinstance(before, nn.Conv2d):
+                raise ValueError(
+                    f"layer {name!r} ({type(layer).__name__}) follows "
+                    f"{type(before).__name__ if before is not None else 'the start of the model'}, not an nn.Conv2d: "
+                    "only Conv2d -> BatchNorm2d pairs fold (BatchNorm after the ReLU cannot move through it)."
+                )
+            out[-1] = fold_conv_batchnorm(before, layer)
+            continue
+        if batchnorm_layers(layer):
+            raise ValueError(
+                f"layer {name!r} ({type(layer).__name__}) contains BatchNorm inside a module that is not an "
+                "nn.Sequential; fold its pairs with fold_conv_batchnorm yourself."
+            )
+        out.append(copy.deepcopy(layer, memo))
+    folded = nn.Sequential(*out)
+    folded.train(model.training)
+    return folded

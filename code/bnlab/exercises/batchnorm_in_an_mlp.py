@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .core import Case, ChoiceExercise, ExerciseSet, FunctionExercise, ValueExercise
-from .inputs import batch_and_features, feature_batch, normal, randint, uniform
+from .inputs import batch_and_features, feature_batch, image_batch, normal, uniform
 
 SIZE_HINT = "Check which axis your statistics run over: one value per feature, over the batch."
 
@@ -121,11 +121,8 @@ class BatchNorm2dForward(FunctionExercise):
     }
 
     def make_case(self, generator, index):
-        n, c = randint(generator, 2, 4), randint(generator, 2, 4)
-        h, w = randint(generator, 2, 5), randint(generator, 2, 5)
-        h, w = (h + 2 if h == c else h), (w + 3 if w == c else w)  # C differs from H and W: broadcasting errors show
-        scale = uniform(generator, 0.2, 2.0, 1, c, 1, 1)
-        x = normal(generator, n, c, h, w) * scale + uniform(generator, -2.0, 2.0, 1, c, 1, 1)
+        x = image_batch(generator)
+        c = x.shape[1]
         args = {"x": x, "gamma": 1 + 0.5 * normal(generator, c), "beta": normal(generator, c)}
         return Case(args, {} if index == 0 else {"eps": float(uniform(generator, 0.05, 0.5, 1))})
 

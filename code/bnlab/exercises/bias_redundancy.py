@@ -8,9 +8,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .checks import Layer, Problem, describe_value, tensor_problem
+from .checks import Problem, describe_value, folded_layer_problem
 from .core import Case, ChoiceExercise, ExerciseSet, FunctionExercise, ValueExercise
-from .inputs import build_sequential, normal, randint, random_mlp_layers, uniform
+from .inputs import build_sequential, eval_batchnorm, normal, randint, random_mlp_layers, uniform
 
 
 BOTH_LAYERS = "Both hidden Linear layers are followed by BatchNorm: both lose their bias."
@@ -43,37 +43,6 @@ class ParametersSaved(ValueExercise):
 
     def matches(self, got, want):
         return abs(got - want) < 0.5
-
-
-def folded_problem(got, n_in: int, n_out: int, x: torch.Tensor, want: torch.Tensor, *, rtol: float,
-                   atol: float) -> Problem | None:
-    """None if ``got`` is an nn.Linear(n_in, n_out) with float32 weights whose output on ``x`` is ``want``."""
-    if not (isinstance(got, Layer) and got.kind == "Linear" and not got.custom):
-        return Problem(f"the answer should be one nn.Linear layer (BatchNorm folded into it); it is "
-                       f"{describe_value(got)}")
-    weight = got.state.get("weight")
-    if weight is not None and weight.dtype != torch.float32:
-        return Problem(f"the folded layer's weight should be float32, like the input layers'; it is "
-                       f"{str(weight.dtype).replace('torch.', '')}", "wrong dtype")
-    init = got.spec["init"]
-    if (init["in_features"], init["out_features"]) != (n_in, n_out):
-        return Problem(f"expected an nn.Linear({n_in}, {n_out}), got an nn.Linear({init['in_features']}, "
-                       f"{init['out_features']})")
-    layer = got.build().eval()
-    with torch.no_grad():
-        y = layer.to(torch.float64)(x.to(torch.float64)).to(torch.float32)
-    return tensor_problem(y, want, rtol=rtol, atol=atol, what="the folded layer's output")
-
-
-def eval_batchnorm(generator, n: int, eps: float) -> nn.BatchNorm1d:
-    """An eval-mode BatchNorm1d(n) with random weight, bias and running statistics."""
-    bn = nn.BatchNorm1d(n, eps=eps)
-    with torch.no_grad():
-        bn.weight.copy_(1 + 0.5 * normal(generator, n))
-        bn.bias.copy_(normal(generator, n))
-        bn.running_mean.copy_(normal(generator, n))
-        bn.running_var.copy_(uniform(generator, 0.05, 2.0, n))
-    return bn.eval()
 
 
 def random_linear(generator, n_in: int, n_out: int, bias: bool) -> nn.Linear:
@@ -170,7 +139,8 @@ class FoldBatchNorm(FunctionExercise):
 
     def problem(self, case, got, want):
         n_out, n_in = case.args["linear"].weight.shape
-        return folded_problem(got, n_in, n_out, case.info["x"], want, rtol=self.rtol, atol=self.atol)
+        return folded_layer_problem(got, "Linear", {"in_features": n_in, "out_features": n_out}, case.info["x"], want,
+                                    rtol=self.rtol, atol=self.atol)
 
     def describe(self, case):
         linear = case.args["linear"]
@@ -334,8 +304,9 @@ class FoldIntoNext(FunctionExercise):
 
     def problem(self, case, got, want):
         linear = case.args["linear"]
-        return folded_problem(got, linear.in_features, linear.out_features, case.info["h"], want, rtol=self.rtol,
-                              atol=self.atol)
+        return folded_layer_problem(got, "Linear", {"in_features": linear.in_features,
+                                                    "out_features": linear.out_features},
+                                    case.info["h"], want, rtol=self.rtol, atol=self.atol)
 
     def describe(self, case):
         linear, bn = case.args["linear"], case.args["bn"]

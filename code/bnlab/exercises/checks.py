@@ -310,6 +310,28 @@ def tensor_problem(got, want: torch.Tensor, *, dtype: torch.dtype = torch.float3
     return None
 
 
+def folded_layer_problem(got, kind: str, init: dict, x: torch.Tensor, want: torch.Tensor, *, rtol: float,
+                         atol: float) -> Problem | None:
+    """None if ``got`` is one ``nn.<kind>`` layer (a fold of BatchNorm into a Linear or Conv layer) with float32
+    weights, the constructor arguments in ``init`` (``{name: value}``, as ``probe.LAYERS`` names them) and, in
+    eval mode, the output ``want`` on ``x``; else what differs."""
+    if not (isinstance(got, Layer) and got.kind == kind and not got.custom):
+        return Problem(f"the answer should be one nn.{kind} layer (BatchNorm folded into it); it is "
+                       f"{describe_value(got)}")
+    weight = got.state.get("weight")
+    if weight is not None and weight.dtype != torch.float32:
+        return Problem(f"the folded layer's weight should be float32, like the input layers'; it is "
+                       f"{probe.dtype_name(weight.dtype)}", "wrong dtype")
+    found = {name: got.spec["init"].get(name) for name in init}
+    if found != init:
+        text = lambda args: ", ".join(f"{name}={value}" for name, value in args.items())  # noqa: E731
+        return Problem(f"expected an nn.{kind}({text(init)}), got an nn.{kind}({text(found)})")
+    layer = got.build().eval()
+    with torch.no_grad():
+        y = layer.to(torch.float64)(x.to(torch.float64)).to(torch.float32)
+    return tensor_problem(y, want, rtol=rtol, atol=atol, what="the folded layer's output")
+
+
 def same_value(a, b) -> bool:
     """Whether two decoded values are the same: tensors bit for bit (dtype and shape included), layers in every
     parameter, buffer, mode and child."""

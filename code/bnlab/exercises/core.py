@@ -47,6 +47,10 @@ GRADING = "BNLAB_GRADING"  # set in the grader's kernels: the grader checks ever
 COMMON_MISTAKES = {
     "input changed in place": "Your function changed one of its inputs in place (x -= ..., x.sub_(...), a "
                               "layer's weight.copy_(...)): compute new tensors and leave the inputs as they were.",
+    "forbidden function": "This exercise asks you to compute the normalisation yourself, from tensor operations "
+                          "such as mean and var: PyTorch's normalisation functions (F.batch_norm, which "
+                          "nn.BatchNorm2d calls, F.group_norm, F.layer_norm, F.instance_norm) are switched off "
+                          "while the check runs.",
 }
 
 
@@ -247,6 +251,7 @@ class FunctionExercise(Exercise):
     rtol, atol = 1e-4, 1e-5
     mistakes: dict = {}  # name -> what to tell the learner
     hint_on_error: dict = {}  # text in an exception message -> a hint to add
+    forbidden: tuple = ()  # functions the answer may not call (keys of probe.FORBIDDABLE)
 
     def make_cases(self, seed=None) -> list:
         generator = torch.Generator().manual_seed(secrets.randbits(62) if seed is None else seed)
@@ -256,7 +261,8 @@ class FunctionExercise(Exercise):
         raise NotImplementedError
 
     def request(self, cases, *, time_limit, token):
-        return {**super().request(cases, time_limit=time_limit, token=token), "cases": [c.spec() for c in cases]}
+        request = {**super().request(cases, time_limit=time_limit, token=token), "cases": [c.spec() for c in cases]}
+        return {**request, "forbidden": list(self.forbidden)} if self.forbidden else request
 
     def expected(self, case: Case):
         raise NotImplementedError
@@ -324,6 +330,10 @@ class FunctionExercise(Exercise):
                                            f"{self.describe(case)}. An endless loop?")
             if "raised" in run:
                 message = run["raised"]
+                if self.forbidden and message.startswith(f"{probe.ForbiddenCall.__name__}:"):
+                    return self.result(FAILED, f"{COMMON_MISTAKES['forbidden function']} Your function called "
+                                               f"{message.split(': ', 1)[1].split(' is not', 1)[0]}.",
+                                       "forbidden function")
                 extra = next((hint for text, hint in self.hint_on_error.items() if text in message), "")
                 return self.result(FAILED, f"`{self.answer}` raised {message} on {self.describe(case)}. "
                                            f"{extra}".strip())

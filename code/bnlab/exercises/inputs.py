@@ -35,6 +35,16 @@ def feature_batch(generator: torch.Generator, n: int, c: int) -> torch.Tensor:
     return x.to(torch.float32)
 
 
+def image_batch(generator: torch.Generator) -> torch.Tensor:
+    """A float32 (N, C, H, W) batch of 2-4 images with 2-4 channels of different means and scales, in which C
+    differs from H and W, so that statistics or parameters lined up with the wrong axis raise or show."""
+    n, c = randint(generator, 2, 4), randint(generator, 2, 4)
+    h, w = randint(generator, 2, 5), randint(generator, 2, 5)
+    h, w = (h + 2 if h == c else h), (w + 3 if w == c else w)
+    scale = uniform(generator, 0.2, 2.0, 1, c, 1, 1)
+    return normal(generator, n, c, h, w) * scale + uniform(generator, -2.0, 2.0, 1, c, 1, 1)
+
+
 def seeded(module: nn.Module, generator: torch.Generator, std: float = 0.7) -> nn.Module:
     """``module`` with every floating-point parameter drawn from ``generator`` (its own initialisation would use
     the global random generator)."""
@@ -42,6 +52,18 @@ def seeded(module: nn.Module, generator: torch.Generator, std: float = 0.7) -> n
         for parameter in module.parameters():
             parameter.copy_(normal(generator, *parameter.shape) * std)
     return module
+
+
+def eval_batchnorm(generator: torch.Generator, n: int, eps: float, kind: type = nn.BatchNorm1d) -> nn.Module:
+    """An eval-mode BatchNorm (``kind``: nn.BatchNorm1d or nn.BatchNorm2d) of ``n`` features with random weight,
+    bias and running statistics."""
+    bn = kind(n, eps=eps)
+    with torch.no_grad():
+        bn.weight.copy_(1 + 0.5 * normal(generator, n))
+        bn.bias.copy_(normal(generator, n))
+        bn.running_mean.copy_(normal(generator, n))
+        bn.running_var.copy_(uniform(generator, 0.05, 2.0, n))
+    return bn.eval()
 
 
 LAYER_FACTORIES = {

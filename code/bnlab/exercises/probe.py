@@ -58,6 +58,16 @@ LAYERS = {
     "MaxPool2d": ("kernel_size", "stride"),
     "AdaptiveAvgPool2d": ("output_size",),
 }
+# The functions an exercise may forbid while the answer runs (``request["forbidden"]``), by name: PyTorch's
+# normalisation functions, which nn.BatchNorm*, nn.InstanceNorm*, nn.GroupNorm and nn.LayerNorm call, for the
+# exercises that ask for a normalisation computed from tensor operations.
+FORBIDDABLE = {
+    **{f"torch.nn.functional.{name}": (nn.functional, name)
+       for name in ("batch_norm", "instance_norm", "group_norm", "layer_norm")},
+    **{f"torch.{name}": (torch, name) for name in (
+        "batch_norm", "native_batch_norm", "instance_norm", "group_norm", "native_group_norm", "layer_norm",
+        "native_layer_norm")},
+}
 DTYPES = {name: getattr(torch, name) for name in (
     "float16", "bfloat16", "float32", "float64", "uint8", "int8", "int16", "int32", "int64", "bool")}
 
@@ -96,6 +106,32 @@ def time_limited(seconds: float | None):
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous if previous is not None else signal.SIG_DFL)
+
+
+class ForbiddenCall(Exception):
+    """Raised when an answer calls a function its exercise forbids (``forbidden``)."""
+
+
+@contextmanager
+def forbidden(names: list):
+    """Within the block, every function in ``names`` (keys of ``FORBIDDABLE``; others are ignored) raises
+    ``ForbiddenCall`` instead of running; afterwards each is restored."""
+    saved = []
+    for name in names or ():
+        owner, attribute = FORBIDDABLE.get(name, (None, None))
+        if owner is None or not hasattr(owner, attribute):
+            continue
+
+        def blocked(*args, _name=name, **kwargs):
+            raise ForbiddenCall(f"{_name} is not allowed in this exercise")
+
+        saved.append((owner, attribute, getattr(owner, attribute)))
+        setattr(owner, attribute, blocked)
+    try:
+        yield
+    finally:
+        for owner, attribute, original in reversed(saved):
+            setattr(owner, attribute, original)
 
 
 # --- values to specs ----------------------------------------------------------------------------------------------
@@ -277,8 +313,9 @@ def observe(request: dict, namespace: dict) -> dict:
     """Find the answer named ``request["answer"]`` in ``namespace`` and observe it.
 
     For ``request["kind"] == "value"``: the value itself. For ``"function"``: one run per case in
-    ``request["cases"]`` (``{"names", "args", "kwargs"}``, as specs), all within ``request["time_limit"]`` seconds;
-    the runs stop at the first that raises or runs out of time.
+    ``request["cases"]`` (``{"names", "args", "kwargs"}``, as specs), all within ``request["time_limit"]`` seconds,
+    with the functions in ``request["forbidden"]`` (if any) blocked; the runs stop at the first that raises or runs
+    out of time.
     """
     name = request["answer"]
     if name not in namespace:
@@ -293,7 +330,7 @@ def observe(request: dict, namespace: dict) -> dict:
     runs = []
     limit = request.get("time_limit")
     try:
-        with time_limited(limit):
+        with time_limited(limit), forbidden(request.get("forbidden")):
             for case in request["cases"]:
                 run = call_once(answer, case)
                 runs.append(run)
