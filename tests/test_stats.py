@@ -316,3 +316,20 @@ def test_bad_values_or_level_are_clear_errors(values, kwargs, message):
 def test_a_recorded_number_that_is_not_a_number_is_a_clear_error():
     with pytest.raises(ValueError, match="recorded must be a finite number"):
         within_prediction_interval("97.77", [97.0, 98.0])
+
+
+@pytest.mark.parametrize(
+    ("comparison", "sentence"),
+    [
+        (make_comparison(0.001, -0.10, 0.10),
+         "The shift with BatchNorm and without are the same to 2 decimals on average "
+         "(95 % CI 0.10 lower to 0.10 higher); the seeds do not support a difference."),
+        (make_comparison(0.0, 0.0, 0.0, p=1.0),
+         "The shift with BatchNorm and without are exactly the same on every seed; there is no difference to support."),
+        (make_comparison(0.3, 0.3, 0.3, p=0.0),
+         "The shift with BatchNorm is 0.30 points higher than without on every seed alike; "
+         "the seeds support the difference."),
+    ],
+)
+def test_describe_with_another_verb_keeps_it_in_every_branch(comparison, sentence):
+    assert comparison.describe("The shift with BatchNorm", "without", verb="is") == sentence

@@ -224,7 +224,7 @@ class Comparison:
                  verb: str = "scores") -> str:
         """One sentence saying how a compares with b and whether the seeds support a difference, e.g.
         ``"BN before ReLU scores 0.12 points higher than BN after ReLU (95 % CI 0.03 to 0.21); the seeds support
-        the difference."``. ``unit`` follows each number (``""`` for none); ``verb`` fits "higher" and "lower"."""
+        the difference."``. ``unit`` follows each number (``""`` for none); ``verb`` fits "higher" and "lower" (its plural, "is" -> "are", "scores" -> "score", where a and b are equal)."""
         size = abs(self.difference)
         unit = f" {unit}" if unit else ""
         level = f"{self.level * 100:g} %"
@@ -232,9 +232,11 @@ class Comparison:
         def number(x: float) -> str:
             return f"{abs(x):.{digits}f}"
 
+        both = {"is": "are", "has": "have"}.get(verb, verb[:-1] if verb.endswith("s") else verb)  # a and b ...
+
         if self.constant:
             if self.difference == 0:
-                return (f"{a_label} and {b_label} score exactly the same on every seed; "
+                return (f"{a_label} and {b_label} {both} exactly the same on every seed; "
                         "there is no difference to support.")
             direction = "higher" if self.difference > 0 else "lower"
             return (
@@ -252,7 +254,7 @@ class Comparison:
         interval = f"{level} CI {number(low)} lower to {number(high)} higher"
         if round(self.difference, digits) == 0:
             return (
-                f"{a_label} and {b_label} score the same to {digits} decimals on average ({interval}); "
+                f"{a_label} and {b_label} {both} the same to {digits} decimals on average ({interval}); "
                 "the seeds do not support a difference."
             )
         direction = "higher" if self.difference > 0 else "lower"
