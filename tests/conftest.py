@@ -46,3 +46,9 @@ def subset_root(t10k_source, tmp_path_factory) -> Path:
 def small_data(subset_root):
     """The MNIST-10k subset with 1,000 training images: enough to train in a fraction of a second."""
     return load_mnist(subset_root, train_samples=1_000)
+
+
+@pytest.fixture
+def split(small_data):
+    """The training split of ``small_data``."""
+    return small_data.train

@@ -5,29 +5,10 @@ import torch
 from torch import nn
 
 from bnlab import explanations as ex
-from bnlab.data import Split
 from bnlab.models import MLPConfig
 from bnlab.training import TrainConfig, train_model
 
-
-def state(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
-
-
-def same_state(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
-    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-
-
-def with_eps(model: nn.Module, eps: float) -> nn.Module:
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm1d):
-            m.eps = eps
-    return model
-
-
-@pytest.fixture
-def split(small_data) -> Split:
-    return small_data.train
+from model_state import same_state, state
 
 
 # --- sizes and the plain loop --------------------------------------------------------------------------------------

@@ -6,27 +6,8 @@ from torch import nn
 
 from bnlab import explanations as ex
 from bnlab import scale_invariance as si
-from bnlab.data import Split
 
-
-def state(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
-
-
-def same_state(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
-    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-
-
-def with_eps(model: nn.Module, eps: float) -> nn.Module:
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm1d):
-            m.eps = eps
-    return model
-
-
-@pytest.fixture
-def split(small_data) -> Split:
-    return small_data.train
+from model_state import same_state, state, with_eps
 
 
 def test_effective_learning_rate_divides_by_the_mean_squared_row_length_and_quarters_when_the_weight_doubles():
