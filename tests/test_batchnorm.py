@@ -29,6 +29,18 @@ def pair(num_features, **kwargs):
     return BatchNorm1d(num_features, **kwargs), nn.BatchNorm1d(num_features, **kwargs)
 
 
+def assert_train_alike(ours: nn.Module, theirs: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int = 3) -> None:
+    """Train both models for ``steps`` SGD steps on (x, y), then check that they agree in eval mode."""
+    for model in (ours, theirs):
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        for _ in range(steps):
+            optimizer.zero_grad()
+            nn.functional.cross_entropy(model(x), y).backward()
+            optimizer.step()
+    ours.eval(), theirs.eval()
+    torch.testing.assert_close(ours(x), theirs(x), atol=1e-5, rtol=1e-4)
+
+
 @pytest.mark.parametrize("shape", [(16, 5), (8, 5, 7), (2, 5)], ids=["N,C", "N,C,L", "two examples"])
 @pytest.mark.parametrize("momentum", [0.1, None, 0.5])
 def test_matches_torch_in_train_mode_outputs_gradients_and_buffers(shape, momentum):
@@ -218,14 +230,7 @@ def test_can_replace_torch_batchnorm_inside_the_course_mlp():
             ours[index] = BatchNorm1d(layer.num_features)
     ours.load_state_dict(theirs.state_dict())
     x, y = torch.randn(16, 12), torch.randint(0, 3, (16,))
-    for model in (ours, theirs):
-        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-        for _ in range(3):
-            optimizer.zero_grad()
-            nn.functional.cross_entropy(model(x), y).backward()
-            optimizer.step()
-    ours.eval(), theirs.eval()
-    torch.testing.assert_close(ours(x), theirs(x), atol=1e-5, rtol=1e-4)
+    assert_train_alike(ours, theirs, x, y)
 
 
 class UnbiasedNormalisation(BatchNorm1d):
@@ -356,14 +361,7 @@ def test_batchnorm2d_can_replace_torch_batchnorm_inside_the_course_cnn():
             ours[index] = BatchNorm2d(layer.num_features)
     ours.load_state_dict(theirs.state_dict())
     x, y = torch.rand(8, 1, 28, 28), torch.randint(0, 10, (8,))
-    for model in (ours, theirs):
-        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-        for _ in range(3):
-            optimizer.zero_grad()
-            nn.functional.cross_entropy(model(x), y).backward()
-            optimizer.step()
-    ours.eval(), theirs.eval()
-    torch.testing.assert_close(ours(x), theirs(x), atol=1e-5, rtol=1e-4)
+    assert_train_alike(ours, theirs, x, y)
 
 
 class StatisticsOverTheBatchOnly(BatchNorm2d):
