@@ -84,3 +84,35 @@ def test_workers_fork_from_a_server_that_has_torch_loaded_already():
         pytest.skip("no forkserver here: workers are spawned")
     done = dict(_workers.results(_parent_memory_map, [1, 2], tiny_data(), workers=2, threads=1))
     assert all("libtorch" in parent_map for parent_map in done.values())
+
+
+@pytest.mark.parametrize("tasks, workers, expected", [
+    (1, 2, 1),  # one task: one process
+    (4, 2, 2),  # a multiple of the cores: one process per core
+    (5, 2, 3),  # 2 processes take 3 task-times (the fifth alone); 3 take 2.5
+    (3, 2, 3),  # 3 processes share 2 cores: 1.5 task-times instead of 2
+    (15, 2, 3),  # 3 variants x 5 seeds: 5 rounds of 3 (7.5) against 7 of 2 and one alone (8)
+    (20, 2, 2),
+    (6, 3, 3),
+    (7, 1, 1),  # one core: more processes gain nothing
+])
+def test_processes_for_keeps_every_core_busy_to_the_end(tasks, workers, expected):
+    assert _workers.processes_for(tasks, workers) == expected
+
+
+def test_processes_for_never_starts_more_than_the_most_allowed():
+    assert _workers.processes_for(5, 2, most=2) == 2
+    assert all(_workers.processes_for(n, 2) <= 4 for n in range(1, 60))
+
+
+def test_a_pool_has_every_worker_started_when_start_returns():
+    import multiprocessing
+
+    before = set(multiprocessing.active_children())
+    pool = _workers.start(tiny_data(), 3, 1)
+    assert pool is not None
+    try:
+        # a pool starts its processes one at a time as tasks come; start waits until all three have run _start
+        assert len(set(multiprocessing.active_children()) - before) == 3
+    finally:
+        _workers.stop(pool)

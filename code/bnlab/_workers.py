@@ -14,6 +14,7 @@ import concurrent.futures
 import contextlib
 import multiprocessing
 import os
+import threading
 import warnings
 
 import torch
@@ -21,6 +22,7 @@ import torch
 from .data import Dataset, Split, empty_on_huge_pages
 
 _data: Dataset | None = None  # in a worker: the data set every task uses
+START_TIMEOUT = 600  # seconds for a pool's workers to start
 
 
 @contextlib.contextmanager
@@ -35,9 +37,10 @@ def using_threads(threads: int | None):
         torch.set_num_threads(before)
 
 
-def _start(data: Dataset, threads: int) -> None:
+def _start(data: Dataset, threads: int, everyone=None) -> None:
     """Runs once in each worker: its own copy of the images, on huge pages as ``load_mnist`` keeps them (training
-    gathers its batches at random from the whole split), and ``threads`` threads."""
+    gathers its batches at random from the whole split), and ``threads`` threads; then it waits at the barrier
+    ``everyone`` (if given) until every worker of the pool has got this far."""
     global _data
     torch.set_num_threads(threads)
 
@@ -46,6 +49,8 @@ def _start(data: Dataset, threads: int) -> None:
                      split.labels.clone())
 
     _data = Dataset(data.name, own(data.train), own(data.val), own(data.test))
+    if everyone is not None:
+        everyone.wait(timeout=START_TIMEOUT)
 
 
 def _ready() -> int:
@@ -67,7 +72,9 @@ def shared_copy(data: Dataset) -> Dataset:
 
 
 def start(data: Dataset, workers: int, threads: int) -> concurrent.futures.ProcessPoolExecutor | None:
-    """``workers`` processes holding ``data``, or ``None``, with a warning, where processes cannot be started."""
+    """``workers`` processes holding ``data``, all started and ready when this returns (a pool starts its processes
+    one by one as tasks arrive, and a late one would start while the first runs tasks), or ``None``, with a
+    warning, where processes cannot be started."""
     method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
     context = multiprocessing.get_context(method)
     if method == "forkserver":  # takes effect when the server starts (the first pool); later calls change nothing
@@ -76,11 +83,13 @@ def start(data: Dataset, workers: int, threads: int) -> concurrent.futures.Proce
     try:
         pool = concurrent.futures.ProcessPoolExecutor(
             workers, mp_context=context, initializer=_start,
-            initargs=(shared_copy(data), threads),
+            initargs=(shared_copy(data), threads, context.Barrier(workers)),
         )
-        pool.submit(_ready).result(timeout=600)
+        for future in [pool.submit(_ready) for _ in range(workers)]:  # one task each: every process is started
+            future.result(timeout=START_TIMEOUT)
         return pool
-    except (OSError, RuntimeError, NotImplementedError, ImportError, concurrent.futures.TimeoutError) as err:
+    except (OSError, RuntimeError, NotImplementedError, ImportError, concurrent.futures.TimeoutError,
+            threading.BrokenBarrierError) as err:
         if pool is not None:
             stop(pool)
         warnings.warn(
@@ -102,11 +111,33 @@ def stop(pool: concurrent.futures.ProcessPoolExecutor) -> None:
         process.terminate()
 
 
+def processes_for(tasks: int, workers: int, *, most: int | None = None) -> int:
+    """How many processes finish ``tasks`` tasks of equal length soonest when ``workers`` of them can compute at
+    once (one per core), each process taking one task at a time: at least ``workers`` (or ``tasks``, if fewer), at
+    most ``most`` (default ``2 * workers``: each process holds a copy of the data), the fewest among equals.
+
+    ``workers`` processes leave cores idle in the last round when ``tasks`` is not a multiple of ``workers``:
+    5 tasks on 2 cores take 3 task-times. 3 processes share the 2 cores (the operating system switches between
+    them) and take 2.5: 3 tasks at 2/3 speed, then 2 at full speed. A round of ``w >= workers`` processes takes
+    ``w / workers`` task-times and a last round of ``r`` tasks ``max(r / workers, 1)``.
+    """
+    most = 2 * workers if most is None else most
+    if tasks <= workers:
+        return max(tasks, 1)
+
+    def task_times(w: int) -> float:
+        rounds, left = divmod(tasks, w)
+        return rounds * w / workers + (max(left / workers, 1) if left else 0)
+
+    return min(range(workers, max(workers, min(tasks, most)) + 1), key=task_times)
+
+
 def results(fn, tasks: list, data: Dataset, *, workers: int, threads: int | None):
-    """Yield ``(task, fn(task, data))`` for every task as it finishes: in ``workers`` processes with ``threads``
-    threads each, or in this process with ``threads`` threads when ``workers`` is 1, there is a single task, or
-    processes cannot be started. A worker's exception is raised here, with the worker's traceback as its cause."""
-    pool = start(data, min(workers, len(tasks)), threads) if workers > 1 and len(tasks) > 1 else None
+    """Yield ``(task, fn(task, data))`` for every task as it finishes: ``workers`` at a time, in processes with
+    ``threads`` threads each (``processes_for`` says how many), or in this process with ``threads`` threads when
+    ``workers`` is 1, there is a single task, or processes cannot be started. A worker's exception is raised here,
+    with the worker's traceback as its cause."""
+    pool = start(data, processes_for(len(tasks), workers), threads) if workers > 1 and len(tasks) > 1 else None
     if pool is None:
         for task in tasks:
             with using_threads(threads):

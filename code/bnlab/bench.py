@@ -296,7 +296,8 @@ def seeds_rate(data: Dataset, *, how: str, seeds: int = 5, epochs: int = 3, batc
     tasks = [(seed, epochs, batch_size) for seed in range(seeds)]
     if how == "workers":
         workers = seed_workers(None, "cpu")
-        pool = _workers.start(data, workers, max(1, torch.get_num_threads() // workers)) if workers > 1 else None
+        threads = max(1, torch.get_num_threads() // workers)
+        pool = _workers.start(data, _workers.processes_for(seeds, workers), threads) if workers > 1 else None
         if pool is None:
             return seeds_rate(data, how="one after another", seeds=seeds, epochs=epochs, batch_size=batch_size)
         try:
@@ -401,22 +402,24 @@ def _seeds(how: str) -> Callable[[Setup], Rate]:
                                 batch_size=s.sizes.batch_size, device=s.device)
 
 
-def _seeds_how(where: Callable[[], str]) -> Callable[[Setup], str]:
+def _seeds_how(where: Callable[[Setup], str]) -> Callable[[Setup], str]:
     return lambda s: (f"{s.sizes.seeds} seeds x {s.sizes.seed_epochs} epochs x {len(s.seeds_data.train):,} images, "
-                      f"validation on {len(s.seeds_data.val):,} every epoch, {where()}; all seeds together")
+                      f"validation on {len(s.seeds_data.val):,} every epoch, {where(s)}; all seeds together")
 
 
-def _workers_and_threads() -> str:
+def _workers_and_threads(seeds: int) -> str:
     workers = seed_workers(None, "cpu")
-    return (f"as run_seeds runs them: {workers} process(es) x {max(1, torch.get_num_threads() // workers)} "
-            "thread(s) (starting the processes not timed)")
+    return (f"as run_seeds runs them: {_workers.processes_for(seeds, workers)} process(es) x "
+            f"{max(1, torch.get_num_threads() // workers)} thread(s) on {workers} core(s) (starting the processes "
+            "not timed)")
 
 
 RATES += (
-    RateRow("seeds one after another", _seeds_how(lambda: f"in this process, {torch.get_num_threads()} thread(s)"),
+    RateRow("seeds one after another", _seeds_how(lambda s: f"in this process, {torch.get_num_threads()} thread(s)"),
             _seeds("one after another")),
-    RateRow("seeds in worker processes", _seeds_how(_workers_and_threads), _seeds("workers"), cpu_only=True),
-    RateRow("seeds stacked", _seeds_how(lambda: "as one stacked model (bnlab.fast.stacked)"), _seeds("stacked"),
+    RateRow("seeds in worker processes", _seeds_how(lambda s: _workers_and_threads(s.sizes.seeds)), _seeds("workers"),
+            cpu_only=True),
+    RateRow("seeds stacked", _seeds_how(lambda s: "as one stacked model (bnlab.fast.stacked)"), _seeds("stacked"),
             cuda_only=True),
 )
 

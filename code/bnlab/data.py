@@ -457,4 +457,4 @@ class BatchLoader:
             order = torch.arange(n, device=device)
         for i in range(len(self)):
             index = order[i * self.batch_size : (i + 1) * self.batch_size]
-            yield self.split.images[index], self.split.labels[index]
+            yield self.split.images.index_select(0, index), self.split.labels.index_select(0, index)

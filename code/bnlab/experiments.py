@@ -10,8 +10,10 @@ result is never served. Files are written to a temporary name and renamed into p
 leaves a corrupt entry. ``run_with_model`` also stores the trained weights.
 
 ``run_seeds`` and ``run_variants`` train the seeds that are not cached yet in worker processes on the CPU, the
-cores divided between them: ``workers`` processes (argument, else ``$BNLAB_WORKERS``, else one per thread torch
-uses) of ``threads // workers`` threads each. Every seed computes with that thread count wherever it runs (in a
+cores divided between them: ``workers`` seeds at once (argument, else ``$BNLAB_WORKERS``, else one per thread torch
+uses), with ``threads // workers`` threads each. Where the seeds do not divide evenly among the cores, a few more
+processes share them, so that no core waits idle at the end (``bnlab._workers.processes_for``: 5 seeds on 2
+cores in 3 processes). Every seed computes with that thread count wherever it runs (in a
 worker, alone, or in this process where processes cannot start), so its result does not depend on which seeds
 run beside it or on what was cached. ``workers=1`` trains in this process with all threads: a different thread
 count, so different bits and a different cache entry. On a GPU the seeds run one after another in this process;
