@@ -133,9 +133,9 @@ def processes_for(tasks: int, workers: int, *, most: int | None = None) -> int:
 
 
 def results(fn, tasks: list, data: Dataset, *, workers: int, threads: int | None):
-    """Yield ``(task, fn(task, data))`` for every task as it finishes: ``workers`` at a time, in processes with
-    ``threads`` threads each (``processes_for`` says how many), or in this process with ``threads`` threads when
-    ``workers`` is 1, there is a single task, or processes cannot be started. A worker's exception is raised here,
+    """Yield ``(task, fn(task, data))`` for every task as it finishes: in worker processes sharing ``workers``
+    cores (``processes_for`` says how many processes) with ``threads`` threads each, or in this process with
+    ``threads`` threads when ``workers`` is 1, there is a single task, or processes cannot be started. A worker's exception is raised here,
     with the worker's traceback as its cause."""
     pool = start(data, processes_for(len(tasks), workers), threads) if workers > 1 and len(tasks) > 1 else None
     if pool is None:
