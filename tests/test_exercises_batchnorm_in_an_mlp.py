@@ -100,3 +100,10 @@ def test_an_output_spread_from_a_typical_mistake_is_named(value, mistake):
 def test_the_output_spread_comes_from_running_pytorch():
     assert exercise("ch01.q5").expected() == pytest.approx(0.75 ** 0.5)
     assert exercise("ch01.q5").evaluate(0.866).passed
+
+
+def test_a_mistake_is_named_where_its_result_is_ill_conditioned():
+    # on these seeds the first input's batch of two has pixels that nearly agree: statistics over the batch axis
+    # alone divide their tiny difference by sqrt(1e-5), and float32 rounding exceeds the grade's tolerance
+    mistake = "statistics over the batch axis only"
+    assert_mistake_named(exercise("ch01.q3"), WRONG["ch01.q3", mistake], mistake, seeds=(232, 709, 1083, 1109))

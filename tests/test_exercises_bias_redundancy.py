@@ -191,3 +191,13 @@ def test_the_redundant_biases_are_those_whose_removal_leaves_train_mode_outputs_
 def test_the_cases_include_dropout_between_a_linear_layer_and_its_batchnorm():
     kinds = [[layer[0] for layer in case.info["layers"]] for case in exercise("ch03.q3").make_cases(0)]
     assert sum(any(k[i:i + 3] == ["Linear", "Dropout", "BatchNorm1d"] for i in range(len(k))) for k in kinds) >= 2
+
+
+def test_the_first_input_always_has_a_redundant_bias_to_remove():
+    # an answer that sets the biases to None in place changes nothing where every redundant bias is already off
+    q3 = exercise("ch03.q3")
+    for seed in range(200):
+        model = q3.make_cases(seed)[0].args["model"]
+        pairs = [(a, b) for a, b in zip(model, list(model)[1:]) if isinstance(a, nn.Linear)
+                 and isinstance(b, nn.BatchNorm1d)]
+        assert any(a.bias is not None for a, _ in pairs), seed

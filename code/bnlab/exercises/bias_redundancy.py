@@ -181,6 +181,10 @@ class RedundantBiases(FunctionExercise):
         placements += [self.PLACEMENTS[randint(generator, 0, 3)] for _ in range(randint(generator, 0, 1))]
         layers = random_mlp_layers(generator, placements=placements, flatten=bool(randint(generator, 0, 1)),
                                    dropout=bool(randint(generator, 0, 1)))
+        if index == 0:  # a redundant bias that is there: an answer that deletes biases in place always shows it
+            first = next(i for i, (a, b) in enumerate(zip(layers, layers[1:]))
+                         if a[0] == "Linear" and b[0] == "BatchNorm1d")
+            layers[first][3] = True
         return Case({"model": build_sequential(layers, generator)}, info={"layers": layers})
 
     @staticmethod

@@ -20,6 +20,7 @@ must leave its inputs unchanged; each of these has its own message.
 
 from __future__ import annotations
 
+import copy
 import inspect
 import math
 import os
@@ -283,6 +284,15 @@ class FunctionExercise(Exercise):
     def same(self, case: Case, got, want) -> bool:
         return self.problem(case, got, want) is None
 
+    def resembles(self, case: Case, got, mistake_result) -> bool:
+        """Whether ``got`` is a typical mistake's result, for naming the mistake, never for the grade: ``same``
+        with ten times the grade's ``rtol`` and a hundred times its ``atol``. A mistake's result can be
+        ill-conditioned where the right one is not (statistics over a batch of two nearly equal pixels, divided by
+        ``sqrt(1e-5)``), and a float32 answer then differs from it by more than the grade's tolerance."""
+        loose = copy.copy(self)
+        loose.rtol, loose.atol = self.rtol * 10, self.atol * 100
+        return loose.same(case, got, mistake_result)
+
     @staticmethod
     def changes(case: Case, run: dict) -> dict:
         """How the run's inputs differ afterwards from what was sent (``checks.input_changes``)."""
@@ -299,7 +309,8 @@ class FunctionExercise(Exercise):
         if problem is None:
             return self.side_effects(case, run)
         if problem.mistake is None:
-            mistake = next((name for name, value in self.variants(case).items() if self.same(case, got, value)), None)
+            mistake = next((name for name, value in self.variants(case).items() if self.resembles(case, got, value)),
+                           None)
             problem = Problem(problem.detail, mistake)
         return problem
 
@@ -312,7 +323,8 @@ class FunctionExercise(Exercise):
         for name in self.mistakes:
             if not any(name in v for v in variants):
                 continue
-            if all(self.same(c, got, v.get(name, want)) for c, got, v, want in zip(cases, outputs, variants, wants)):
+            if all(self.resembles(c, got, v.get(name, want))
+                   for c, got, v, want in zip(cases, outputs, variants, wants)):
                 return name
         return None
 
