@@ -217,3 +217,9 @@ def test_the_diagnosis_names_the_tempting_wrong_fixes():
                          ("ABD", "noisier, not better")):
         result = q4.evaluate(wrong)
         assert not result.passed and words in result.message and "C is missing" in result.message, wrong
+
+
+@pytest.mark.parametrize("mistake", ["eps argument ignored", "eps left out"])
+def test_of_two_mistakes_that_fit_the_nearer_is_named(mistake):
+    # eps = 1e-5 and eps = 0 differ by less than the tolerance on these seeds' inputs: both mistakes fit the answer
+    assert_mistake_named(exercise("ch06.q2"), WRONG["ch06.q2", mistake], mistake, seeds=(16, 19, 22, 47, 48))

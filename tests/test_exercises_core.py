@@ -258,3 +258,13 @@ def test_a_mistake_without_results_is_never_the_consistent_one():
     assert doubling.evaluate(lambda x: x / 2).mistake == "halved"
     result = doubling.evaluate(lambda x: (x * 2, x.zero_())[0])
     assert result.mistake == "input changed in place", result.message
+
+
+def test_gap_is_the_largest_difference_through_tuples_and_lists():
+    from bnlab.exercises.core import gap
+
+    a = torch.tensor([1.0, 2.0, 3.0])
+    assert gap(a, a + torch.tensor([0.0, 0.5, -2.0])) == 2.0
+    assert gap((a, [a, torch.zeros(2)]), (a, [a + 1, torch.zeros(2)])) == 1.0
+    assert gap([1, 2], [1, 2]) == 0.0  # values other than tensors: equal or not, same() decides
+    assert gap(torch.empty(0), torch.empty(0)) == 0.0

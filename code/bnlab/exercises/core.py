@@ -237,6 +237,16 @@ class Exercise:
         return None
 
 
+def gap(got, value) -> float:
+    """The largest absolute difference between the tensors in ``got`` and ``value`` (tensors, or tuples and lists of
+    them, compared in float64); 0 for other values, which ``same`` compares."""
+    if isinstance(got, torch.Tensor) and isinstance(value, torch.Tensor) and got.shape == value.shape:
+        return float((got.to(torch.float64) - value.to(torch.float64)).abs().max()) if got.numel() else 0.0
+    if isinstance(got, (tuple, list)) and isinstance(value, (tuple, list)) and len(got) == len(value):
+        return max((gap(a, b) for a, b in zip(got, value)), default=0.0)
+    return 0.0
+
+
 class FunctionExercise(Exercise):
     """Implement a function. The check calls it on ``n_cases`` fresh random inputs and compares with a reference.
 
@@ -315,18 +325,20 @@ class FunctionExercise(Exercise):
         return problem
 
     def consistent_mistake(self, cases: list, outputs: list) -> str | None:
-        """The first typical mistake whose results equal the answer's on every case (where a case has no result
-        for a mistake, the reference's). Mistakes that ``variants`` gives no result for on any case are named by
-        ``problem`` or ``side_effects`` instead."""
+        """The typical mistake whose results equal the answer's on every case (where a case has no result for a
+        mistake, the reference's); where several do (leaving eps out and ignoring the eps argument differ by
+        ``1e-5`` under a square root), the one nearest to the answer, then the first. Mistakes that ``variants``
+        gives no result for on any case are named by ``problem`` or ``side_effects`` instead."""
         variants = [self.variants(case) for case in cases]
         wants = [self.expected(case) for case in cases]
-        for name in self.mistakes:
-            if not any(name in v for v in variants):
-                continue
-            if all(self.resembles(c, got, v.get(name, want))
-                   for c, got, v, want in zip(cases, outputs, variants, wants)):
-                return name
-        return None
+        matching = [
+            name for name in self.mistakes
+            if any(name in v for v in variants)
+            and all(self.resembles(c, got, v.get(name, want))
+                    for c, got, v, want in zip(cases, outputs, variants, wants))
+        ]
+        return min(matching, key=lambda name: max(
+            gap(got, v.get(name, want)) for got, v, want in zip(outputs, variants, wants)), default=None)
 
     def judge(self, cases, observed) -> Result:
         early = self.judge_status(observed)
