@@ -112,14 +112,14 @@ def check_foldable(linear: nn.Module, bn: nn.Module) -> None:
     check_fixed(bn)
 
 
-def check_fixed(bn: nn.Module) -> None:
-    """Raise ``ValueError``, saying what to do, unless ``bn`` is an eval-mode ``BatchNorm1d`` with running
-    statistics: a fixed affine map."""
-    if not isinstance(bn, nn.BatchNorm1d):
-        raise ValueError(f"bn must be an nn.BatchNorm1d; got {type(bn).__name__}.")
+def check_fixed(bn: nn.Module, kind: type = nn.BatchNorm1d, into: str = "Linear") -> None:
+    """Raise ``ValueError``, saying what to do, unless ``bn`` is an eval-mode ``kind`` with running statistics: a
+    fixed affine map, which can be folded into an ``into`` layer."""
+    if not isinstance(bn, kind):
+        raise ValueError(f"bn must be an nn.{kind.__name__}; got {type(bn).__name__}.")
     if bn.training:
         raise ValueError(
-            "bn is in train mode: it normalises with each batch's own statistics, which no fixed Linear layer can "
+            f"bn is in train mode: it normalises with each batch's own statistics, which no fixed {into} layer can "
             "reproduce. Call model.eval() (or bn.eval()) before folding."
         )
     if bn.running_mean is None or bn.running_var is None:
@@ -254,18 +254,7 @@ def check_conv_foldable(conv: nn.Module, bn: nn.Module) -> None:
     """Raise ``ValueError``, saying what to do, unless ``bn`` can be folded into ``conv``."""
     if not isinstance(conv, nn.Conv2d):
         raise ValueError(f"conv must be an nn.Conv2d; got {type(conv).__name__}.")
-    if not isinstance(bn, nn.BatchNorm2d):
-        raise ValueError(f"bn must be an nn.BatchNorm2d; got {type(bn).__name__}.")
-    if bn.training:
-        raise ValueError(
-            "bn is in train mode: it normalises with each batch's own statistics, which no fixed Conv layer can "
-            "reproduce. Call model.eval() (or bn.eval()) before folding."
-        )
-    if bn.running_mean is None or bn.running_var is None:
-        raise ValueError(
-            "bn has no running statistics (track_running_stats=False): it normalises with batch statistics even "
-            "in eval mode, so there is nothing fixed to fold. Keep this BatchNorm layer."
-        )
+    check_fixed(bn, nn.BatchNorm2d, "Conv")
     if conv.out_channels != bn.num_features:
         raise ValueError(
             f"conv has {conv.out_channels} output channels but bn has num_features={bn.num_features}; they must be "
