@@ -1,10 +1,11 @@
 import pytest
 import torch
 from torch import nn
-from torch.nn.utils.fusion import fuse_linear_bn_eval
+from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 
-from bnlab.folding import count_batchnorms, fold_batchnorm, fold_batchnorms, fold_into_next
-from bnlab.models import MLPConfig, build_mlp
+from bnlab.folding import (count_batchnorms, fold_batchnorm, fold_batchnorms, fold_conv_batchnorm,
+                           fold_conv_batchnorms, fold_into_next)
+from bnlab.models import CNNConfig, MLPConfig, build_model
 
 
 def random_statistics(bn: nn.BatchNorm1d, generator: torch.Generator) -> nn.BatchNorm1d:
@@ -118,20 +119,20 @@ def test_wrong_layer_types_are_refused(linear, bn, argument):
         fold_batchnorm(linear, bn)
 
 
-def trained_like_mlp(config: MLPConfig, seed: int = 0) -> nn.Sequential:
-    """The course's MLP with random BatchNorm statistics and parameters, in eval mode."""
+def trained_like(config: MLPConfig | CNNConfig, seed: int = 0) -> nn.Sequential:
+    """The course's MLP or CNN with random BatchNorm statistics and parameters, in eval mode."""
     torch.manual_seed(seed)
-    model = build_mlp(config)
+    model = build_model(config)
     generator = torch.Generator().manual_seed(seed)
     for module in model.modules():
-        if isinstance(module, nn.BatchNorm1d):
+        if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
             random_statistics(module, generator)
     return model.eval()
 
 
 @pytest.mark.parametrize("bias", [True, False])
 def test_folded_model_has_no_batchnorm_and_equals_the_model_in_eval(bias):
-    model = trained_like_mlp(MLPConfig(bias=bias))
+    model = trained_like(MLPConfig(bias=bias))
     folded = fold_batchnorms(model)
     assert count_batchnorms(model) == 2
     assert count_batchnorms(folded) == 0
@@ -143,7 +144,7 @@ def test_folded_model_has_no_batchnorm_and_equals_the_model_in_eval(bias):
 
 
 def test_folding_a_model_with_dropout_keeps_the_dropout_layers():
-    model = trained_like_mlp(MLPConfig(dropout=0.5))
+    model = trained_like(MLPConfig(dropout=0.5))
     folded = fold_batchnorms(model)
     assert sum(isinstance(m, nn.Dropout) for m in folded) == 2
     x = torch.rand(32, 1, 28, 28, generator=torch.Generator().manual_seed(2))
@@ -152,7 +153,7 @@ def test_folding_a_model_with_dropout_keeps_the_dropout_layers():
 
 
 def test_folding_a_model_leaves_it_unchanged():
-    model = trained_like_mlp(MLPConfig())
+    model = trained_like(MLPConfig())
     before = {k: v.clone() for k, v in model.state_dict().items()}
     fold_batchnorms(model)
     assert count_batchnorms(model) == 2
@@ -172,7 +173,7 @@ def test_nested_sequential_blocks_are_folded():
 
 
 def test_model_in_train_mode_is_refused():
-    model = trained_like_mlp(MLPConfig()).train()
+    model = trained_like(MLPConfig()).train()
     with pytest.raises(ValueError, match=r"model\.eval\(\)"):
         fold_batchnorms(model)
 
@@ -188,7 +189,7 @@ def images(n: int = 64, seed: int = 1) -> torch.Tensor:
 
 @pytest.mark.parametrize("dropout", [0.0, 0.5])
 def test_batchnorm_after_the_activation_folds_into_the_next_linear_layer(dropout):
-    model = trained_like_mlp(MLPConfig(placement="after", dropout=dropout))
+    model = trained_like(MLPConfig(placement="after", dropout=dropout))
     folded = fold_batchnorms(model)
     expected = ["Flatten", "Linear", "ReLU", "Linear", "ReLU", "Linear"]
     if dropout:
@@ -294,11 +295,6 @@ def test_count_batchnorms_counts_every_kind_at_any_depth():
 
 # --- Conv2d + BatchNorm2d ------------------------------------------------------------------------------------------
 
-from torch.nn.utils.fusion import fuse_conv_bn_eval  # noqa: E402
-
-from bnlab.folding import fold_conv_batchnorm, fold_conv_batchnorms  # noqa: E402
-from bnlab.models import CNNConfig, build_cnn  # noqa: E402
-
 
 def conv_and_bn(*, bias: bool, seed: int, affine: bool = True, **conv_kwargs):
     generator = torch.Generator().manual_seed(seed)
@@ -361,19 +357,9 @@ def test_conv_folding_refuses_what_cannot_fold(make, message):
         fold_conv_batchnorm(conv, bn)
 
 
-def trained_like_cnn(config: CNNConfig, seed: int = 0) -> nn.Sequential:
-    torch.manual_seed(seed)
-    model = build_cnn(config)
-    generator = torch.Generator().manual_seed(seed)
-    for module in model.modules():
-        if isinstance(module, nn.BatchNorm2d):
-            random_statistics(module, generator)
-    return model.eval()
-
-
 @pytest.mark.parametrize("bias", [True, False, None])
 def test_folded_cnn_has_no_batchnorm_and_equals_the_cnn_in_eval(bias):
-    model = trained_like_cnn(CNNConfig(channels=(4, 8), bias=bias))
+    model = trained_like(CNNConfig(channels=(4, 8), bias=bias))
     folded = fold_conv_batchnorms(model)
     assert count_batchnorms(model) == 2 and count_batchnorms(folded) == 0
     block = ["Conv2d", "ReLU", "MaxPool2d"]
@@ -401,12 +387,12 @@ def test_folding_a_cnn_keeps_a_layer_used_twice():
 
 def test_folding_a_cnn_with_batchnorm_after_the_relu_is_refused():
     with pytest.raises(ValueError, match="follows ReLU, not an nn.Conv2d"):
-        fold_conv_batchnorms(trained_like_cnn(CNNConfig(channels=(4,), placement="after")))
+        fold_conv_batchnorms(trained_like(CNNConfig(channels=(4,), placement="after")))
 
 
 def test_folding_a_cnn_in_train_mode_or_not_sequential_is_refused():
     with pytest.raises(ValueError, match=r"model\.eval\(\)"):
-        fold_conv_batchnorms(trained_like_cnn(CNNConfig(channels=(4,))).train())
+        fold_conv_batchnorms(trained_like(CNNConfig(channels=(4,))).train())
     with pytest.raises(ValueError, match="model must be an nn.Sequential"):
         fold_conv_batchnorms(nn.Conv2d(1, 1, 1))
 
@@ -435,7 +421,7 @@ def test_folding_a_cnn_expands_nested_sequentials_and_refuses_other_containers()
 
 
 def test_a_cnn_without_batchnorm_folds_to_an_equal_copy():
-    model = trained_like_cnn(CNNConfig(channels=(4,), norm="group"))
+    model = trained_like(CNNConfig(channels=(4,), norm="group"))
     folded = fold_conv_batchnorms(model)
     assert folded is not model and [type(m) for m in folded] == [type(m) for m in model]
     x = torch.rand(2, 1, 28, 28)
