@@ -319,9 +319,9 @@ class FunctionExercise(Exercise):
         if problem is None:
             return self.side_effects(case, run)
         if problem.mistake is None:
-            mistake = next((name for name, value in self.variants(case).items() if self.resembles(case, got, value)),
-                           None)
-            problem = Problem(problem.detail, mistake)
+            variants = self.variants(case)
+            fits = [name for name, value in variants.items() if self.resembles(case, got, value)]
+            problem = Problem(problem.detail, min(fits, key=lambda name: gap(got, variants[name]), default=None))
         return problem
 
     def consistent_mistake(self, cases: list, outputs: list) -> str | None:
