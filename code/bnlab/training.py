@@ -252,9 +252,7 @@ def train_epoch(step, split: Split, order: torch.Tensor, batch_size: int) -> tor
     loss_sum = torch.zeros((), device=split.images.device)
     for i in range(len(order) // batch_size):
         index = order[i * batch_size : (i + 1) * batch_size]
-        # index_select gathers the same rows as split.images[index], three times faster on the CPU (one row copy
-        # each instead of advanced indexing's general path)
-        loss_sum += step(split.images.index_select(0, index), split.labels.index_select(0, index))
+        loss_sum += step(*split.batch(index))
     return loss_sum
 
 
