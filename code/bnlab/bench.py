@@ -49,7 +49,7 @@ from torchvision.datasets.vision import VisionDataset
 
 from . import _workers
 from .data import DATA_ENV, Dataset, Split, data_root, read_subset_marker, to_float
-from .experiments import seed_workers
+from .experiments import seed_threads, seed_workers
 from .fast import FusedEngine, GraphEngine, default_engine
 from .fast.stacked import train_stacked
 from .models import MLPConfig, build_mlp
@@ -296,7 +296,7 @@ def seeds_rate(data: Dataset, *, how: str, seeds: int = 5, epochs: int = 3, batc
     tasks = [(seed, epochs, batch_size) for seed in range(seeds)]
     if how == "workers":
         workers = seed_workers(None, "cpu")
-        threads = max(1, torch.get_num_threads() // workers)
+        threads = seed_threads(workers, torch.device("cpu"))
         pool = _workers.start(data, _workers.processes_for(seeds, workers), threads) if workers > 1 else None
         if pool is None:
             return seeds_rate(data, how="one after another", seeds=seeds, epochs=epochs, batch_size=batch_size)
@@ -410,7 +410,7 @@ def _seeds_how(where: Callable[[Setup], str]) -> Callable[[Setup], str]:
 def _workers_and_threads(seeds: int) -> str:
     workers = seed_workers(None, "cpu")
     return (f"as run_seeds runs them: {_workers.processes_for(seeds, workers)} process(es) x "
-            f"{max(1, torch.get_num_threads() // workers)} thread(s) on {workers} core(s) (starting the processes "
+            f"{seed_threads(workers, torch.device('cpu'))} thread(s) on {workers} core(s) (starting the processes "
             "not timed)")
 
 

@@ -34,7 +34,7 @@ from torch import nn
 from . import _workers
 from ._workers import using_threads
 from .data import Dataset, Split
-from .experiments import cache_dir, run_many, run_threads, seed_workers, write_json_atomic
+from .experiments import cache_dir, run_many, seed_threads, seed_workers, write_json_atomic
 from .layers import batchnorm_layers, model_device
 from .models import NORMS, CNNConfig, build_model
 from .modes import accuracy_in_mode, freeze_batchnorm, preserved_state
@@ -326,7 +326,7 @@ def batch_size_sweep(
     data = shorter_validation(data, val_images)
     probe = data.test.head(probe_images)
     device = pick_device(device)
-    threads = run_threads(device, max(1, torch.get_num_threads() // seed_workers(workers, device)))
+    threads = seed_threads(seed_workers(workers, device), device)
     runs = []
     for batch_size in batch_sizes:
         lr = scaled_lr(batch_size, base_lr=base_lr)
@@ -511,7 +511,7 @@ def finetune_comparison(
                           device=device, workers=workers, progress=progress)["pretrained"]
     device = pick_device(device)
     workers = seed_workers(workers, device)
-    threads = run_threads(device, max(1, torch.get_num_threads() // workers) if device.type == "cpu" else None)
+    threads = seed_threads(workers, device)
     found, tasks = {}, []
     for seed, (m, _) in zip(seeds, pretrained):
         for bn_mode in BN_MODES:

@@ -210,6 +210,12 @@ def seed_workers(workers: int | None = None, device=None) -> int:
     return workers
 
 
+def seed_threads(workers: int, device: torch.device) -> int | None:
+    """The CPU threads each of ``workers`` seeds trained side by side computes with: torch's threads divided
+    between them, at least one; ``None`` off the CPU."""
+    return run_threads(device, max(1, torch.get_num_threads() // workers))
+
+
 @dataclass(frozen=True)
 class Task:
     """One seed of one variant to train and store, with ``threads`` CPU threads."""
@@ -247,7 +253,7 @@ def run_many(variants: dict, train_config: TrainConfig, data: Dataset, seeds, *,
         raise ValueError(f"seeds must not repeat; got {seeds}.")
     device = pick_device(device)
     workers = 1 if stacked else seed_workers(workers, device)
-    threads = run_threads(device, max(1, torch.get_num_threads() // workers) if device.type == "cpu" else None)
+    threads = seed_threads(workers, device)
     found, tasks = {}, []
     for label, model_config in variants.items():
         for seed in seeds:
