@@ -91,6 +91,15 @@ def test_seeds_rates_count_every_seeds_samples(how):
         bench.seeds_rate(data, how="sideways", seeds=2, epochs=1)
 
 
+def test_a_seeds_flops_count_its_evaluation_forward_passes():
+    flops = bench.training_flops()
+    data = bench.random_mnist(600, n_val=100, n_test=50)
+    # 2 epochs x 4 steps x 128 = 1,024 training samples; 2 x 100 validation + 50 test images evaluated
+    per_sample = bench.seed_flops_per_sample(flops, data, epochs=2, batch_size=128)
+    assert per_sample * 1024 == pytest.approx(1024 * flops.total + 250 * flops.forward)
+    assert bench.seed_flops_per_sample(flops, bench.random_mnist(600), epochs=2, batch_size=128) == flops.total
+
+
 def test_reference_run_times_training_alone_and_with_evaluation():
     run = bench.reference_run(epochs=2, images=600, val_images=100, batch_size=128)
     assert run.steps == 2 * 4 and run.samples == 2 * 4 * 128  # drop_last: 600 // 128 = 4 steps an epoch

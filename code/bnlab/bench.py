@@ -92,6 +92,15 @@ def training_flops(sizes: tuple[int, ...] = LECTURE_SIZES) -> Flops:
     return Flops(forward, backward)
 
 
+def seed_flops_per_sample(flops: Flops, data: Dataset, *, epochs: int, batch_size: int) -> float:
+    """FLOPs per training sample of one seed's whole run on ``data`` (``bnlab.training.train``): its training steps
+    (``drop_last``), and a forward pass of every validation image after every epoch and of every test image at the
+    end, shared out over the training samples."""
+    trained = epochs * (len(data.train) // batch_size) * batch_size
+    evaluated = epochs * len(data.val) + len(data.test)
+    return flops.total + flops.forward * evaluated / trained
+
+
 def linear_sizes(model: nn.Module) -> tuple[int, ...]:
     """The widths ``(input, hidden..., output)`` of the chain of Linear layers in ``model``, in order."""
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
@@ -491,9 +500,11 @@ def run_benchmark(*, sizes: Sizes = Sizes(), device="cpu", data_root_path=None, 
                     f"{achieved / peak:.0%} of the matmul peak (bnlab, fused step)"))
     parallel = "seeds in worker processes" if device.type != "cuda" else "seeds stacked"
     if parallel in fastest:
-        to_peak = peak / (fastest[parallel].per_second * flops.total)
+        per_sample = seed_flops_per_sample(flops, setup.seeds_data, epochs=sizes.seed_epochs, batch_size=batch)
+        to_peak = peak / (fastest[parallel].per_second * per_sample)
         rows.append(Row(f"{parallel}: time per seed / FLOP floor", f"{to_peak:,.2f}x", "a seed's share of the wall "
-                        "time (with its validation) against its training FLOPs at the matmul peak"))
+                        "time against its FLOPs at the matmul peak: its training steps, and the forward passes of "
+                        "its validation after every epoch and of its test at the end"))
 
     say(f"timing the reference run ({sizes.epochs} epochs x {sizes.images:,} images), {2 * sizes.repeats} times, "
         "each after the matmul peak ...")

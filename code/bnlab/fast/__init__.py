@@ -4,6 +4,8 @@
 
 * ``fused``: ``FusedEngine``, a training step for the course's MLPs without an autograd graph, bitwise the plain
   step's (checked against it at first use; it falls back to the plain step with a warning where it is not);
+* ``products``: a Linear layer's forward product, ``x W^T`` or ``(W x^T)^T``, whichever is faster where the two
+  give the same bits (the fused step's one choice made by a timing, and it cannot change a result);
 * ``graphs``: ``GraphEngine``, a step captured once as a CUDA graph and replayed for every batch (opt-in);
 * ``stacked``: ``train_stacked``, all seeds of one MLP configuration trained together as one stacked model, equal
   to the seeds trained alone up to rounding (opt-in: ``bnlab.experiments.run_seeds(..., stacked=True)``).

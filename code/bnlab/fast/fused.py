@@ -20,9 +20,9 @@ imports nothing from here. The fused step may be a default because it meets two 
   state, and compares the loss, every parameter, gradient and buffer and the optimizer's state bit for bit. On any
   difference, or an op missing from this PyTorch, it warns once and the run uses ``PlainStep``. The check runs
   on copies and restores the random generators, so it changes nothing about the run.
-* **Nothing depends on timing.** No code path is chosen by speed: the kernels are autograd's, whatever the
-  machine's load. (Earlier versions swapped a product's operands or ran the loss down the columns where a timing
-  said it was faster; those are gone, because they were not bitwise the plain loop's for every batch size.)
+* **No result depends on timing.** The kernels are autograd's. The one choice made by a timing is the order of a
+  Linear layer's forward product, ``x W^T`` or ``(W x^T)^T``, and it is only offered where the two give the same
+  bits for that shape (``bnlab.fast.products`` checks it first), so the timing decides the speed, never a result.
 
 Any other model (a CNN, a layer with a hook or a replaced ``forward``, a parameter frozen with
 ``requires_grad=False``, a dtype other than float32, a module used twice) gets ``PlainStep``, without a warning:
@@ -38,6 +38,7 @@ import torch
 from torch import nn
 
 from ..training import Engine, PlainStep
+from . import products
 
 aten = torch.ops.aten
 
@@ -95,15 +96,17 @@ class _Linear:
     """``nn.Linear``: ``y = x W^T (+ b)``; backward ``dW = g^T x``, ``db = sum_rows(g)``, ``dx = g W``.
 
     As ``F.linear`` and autograd's ``mm``/``addmm`` backward compute them (``W^T`` is a column-major view, so the
-    weight gradient is taken as ``g^T x`` directly)."""
+    weight gradient is taken as ``g^T x`` directly); the forward product in the faster of two orders that give the
+    same bits (``bnlab.fast.products``)."""
 
     def __init__(self, m: nn.Linear, slot: int, input_grad: bool):
         self.weight, self.bias, self.slot, self.input_grad = m.weight, m.bias, slot, input_grad
+        self.shape, self.swap = None, False  # the forward product's order, for the last input shape seen
 
     def forward(self, x: torch.Tensor):
-        if self.bias is not None:
-            return torch.addmm(self.bias, x, self.weight.t()), x
-        return torch.mm(x, self.weight.t()), x
+        if x.shape != self.shape:
+            self.shape, self.swap = x.shape, products.use_swapped(x, self.weight, self.bias)
+        return products.linear(x, self.weight, self.bias, self.swap), x
 
     def backward(self, g: torch.Tensor, x: torch.Tensor, grads: list):
         grads[self.slot] = torch.mm(g.t(), x)
