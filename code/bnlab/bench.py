@@ -20,9 +20,9 @@ One run measures, on the same machine and the same number of threads:
 
 Every timing is taken three times and the fastest is reported: work that shares the machine only ever adds
 time. The host's speed drifts, though, so a ratio of two timings is only fair when they were taken together: the
-measurements run in rounds (every rate in ``RATES`` once, back to back; the matmul peak, then the reference run),
-and each ratio is reported as the median of its rounds, with their range. ``--quick`` runs every measurement once,
-on tiny sizes, in seconds (a smoke test, not a measurement).
+measurements run in rounds (the matmul peak, then every rate in ``RATES`` once, back to back; the matmul peak,
+then the reference run), and each ratio is reported as the median of its rounds, with their range. ``--quick`` runs
+every measurement once, on tiny sizes, in seconds (a smoke test, not a measurement).
 
 Rows are named. A new rate is one more ``RateRow`` in ``RATES`` (it is then timed in every round and gets its
 row); a new ratio between two rates is one more entry in ``RATIOS``.
@@ -487,7 +487,10 @@ def run_benchmark(*, sizes: Sizes = Sizes(), device="cpu", data_root_path=None, 
     dataset, description = standard_dataset(data_root_path, size=max(sizes.rate_images, batch))
     setup = Setup(sizes, device, dataset, description, random_mnist(sizes.rate_images))
     say(f"timing {', '.join(r.name for r in rates)} in turn, {sizes.repeats} rounds ...")
-    rounds = [{r.name: r.measure(setup) for r in rates} for _ in range(sizes.repeats)]
+    round_peaks, rounds = [], []
+    for _ in range(sizes.repeats):
+        round_peaks.append(matmul_peak(n=sizes.peak_n, device=device))  # for the distance from the FLOP floor
+        rounds.append({r.name: r.measure(setup) for r in rates})
     fastest = {r.name: max((one[r.name] for one in rounds), key=lambda rate: rate.per_second) for r in rates}
     for r in rates:
         rows.append(Row(r.name, f"{fastest[r.name].per_second:,.0f} samples/s", f"{r.how(setup)}; {best}"))
@@ -501,10 +504,11 @@ def run_benchmark(*, sizes: Sizes = Sizes(), device="cpu", data_root_path=None, 
     parallel = "seeds in worker processes" if device.type != "cuda" else "seeds stacked"
     if parallel in fastest:
         per_sample = seed_flops_per_sample(flops, setup.seeds_data, epochs=sizes.seed_epochs, batch_size=batch)
-        to_peak = peak / (fastest[parallel].per_second * per_sample)
-        rows.append(Row(f"{parallel}: time per seed / FLOP floor", f"{to_peak:,.2f}x", "a seed's share of the wall "
-                        "time against its FLOPs at the matmul peak: its training steps, and the forward passes of "
-                        "its validation after every epoch and of its test at the end"))
+        to_floor = Spread.of([p / (one[parallel].per_second * per_sample) for p, one in zip(round_peaks, rounds)])
+        rows.append(Row(f"{parallel}: time per seed / FLOP floor", f"{to_floor.median:,.2f}x", "a seed's share of "
+                        "the wall time against its FLOPs (its training steps, and the forward passes of its validation "
+                        "after every epoch and of its test at the end) at the matmul peak measured at the start of "
+                        f"the same round; {describe_rounds(to_floor)}"))
 
     say(f"timing the reference run ({sizes.epochs} epochs x {sizes.images:,} images), {2 * sizes.repeats} times, "
         "each after the matmul peak ...")
