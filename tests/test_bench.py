@@ -1,5 +1,6 @@
 import subprocess
 import sys
+from dataclasses import replace
 
 import pytest
 import torch
@@ -148,6 +149,21 @@ def test_a_new_rate_gets_its_row_and_every_ratio_is_paired_within_a_round(monkey
     plain = bench.row(rows, "speed-up of the plain loop over the standard pipeline")
     assert plain.value == "2.5x" and "median of 2 rounds, 2.00x to 3.00x" in plain.note
     assert bench.row(rows, "a new way / standard pipeline").value == "0.5x"  # median of 0.4 and 0.6
+
+
+def test_the_seeds_distance_from_the_floor_pairs_each_round_with_its_own_peak(monkeypatch, tmp_path):
+    """Made-up rounds: peaks of 2 and 3 times the seeds' FLOP/s, so 2.00x and 3.00x from the floor; the row is their
+    median (2.50x), not the table's first peak over the fastest round."""
+    sizes = bench.replace(TINY, repeats=2)
+    data = bench.random_mnist(sizes.rate_images, n_val=sizes.val_images, n_test=sizes.batch_size)
+    per_sample = bench.seed_flops_per_sample(bench.training_flops(), data, epochs=sizes.seed_epochs,
+                                             batch_size=sizes.batch_size)
+    peaks = iter([10 * per_sample, 2 * per_sample, 3 * per_sample] + [per_sample] * sizes.repeats)
+    monkeypatch.setattr(bench, "matmul_peak", lambda **kwargs: next(peaks))
+    monkeypatch.setattr(bench, "RATES", tuple(replace(r, measure=lambda setup: bench.Rate(1, 1.0)) for r in bench.RATES))
+    rows = bench.run_benchmark(sizes=sizes, device="cpu", data_root_path=tmp_path)
+    floor = bench.row(rows, "seeds in worker processes: time per seed / FLOP floor")
+    assert floor.value == "2.50x" and "median of 2 rounds, 2.00x to 3.00x" in floor.note
 
 
 def test_command_runs_quick_and_prints_the_table(tmp_path):
