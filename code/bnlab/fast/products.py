@@ -2,13 +2,13 @@
 
 Autograd computes the product as ``x W^T``. MKL can compute the same matrix as ``(W x^T)^T``, and for some shapes
 that is faster: for the lecture's first layer (batch 256, 784 -> 75) about a fifth less time on one thread
-(BENCHMARKS.md). For other shapes it is slower, and for some (batches under 16, 10 outputs) it rounds differently.
-So ``linear`` picks the order once per shape, in two steps:
+(BENCHMARKS.md). For other shapes it is slower, and for some (10 outputs, the smallest batches) it rounds
+differently. So ``use_swapped`` decides once per shape, in two steps:
 
 1. **The same bits, or no choice.** Both orders are computed on the layer's real input and on random data of its
-   shape. Unless they agree bit for bit on both, autograd's order runs. (How a product rounds is fixed by its
-   shapes and the number of threads, not by the values, so two orders that round alike on random data round alike
-   on any.)
+   shape. Unless they agree bit for bit on both, autograd's order runs. (MKL picks its kernels, and with them the
+   order of each sum, by shapes, layouts and thread count, not by the values: two orders that agree bit for bit
+   on random data sum in the same order.)
 2. **Then speed.** Where they agree, each is timed a few times, in alternation, and the swapped order runs only
    if it takes less than ``SWAP_MARGIN`` of the other's time.
 
