@@ -115,3 +115,24 @@ def test_training_gives_the_same_bits_whichever_order_the_timing_picks(small_dat
     # the order that ran: the swapped one wherever its bits match (with MKL here they do for this shape)
     assert products._SWAP[first_layer] is (faster and products.orders_agree(x, weight, None))
     assert all(fused.same_bits(a, b) for a, b in zip(model.state_dict().values(), plain.state_dict().values()))
+
+
+def test_a_layer_decides_again_when_the_thread_count_changes(monkeypatch):
+    """The bits of the two orders may agree with one thread count and not with another: a step that lives across a
+    change of threads must not keep the old decision."""
+    decided = []
+    monkeypatch.setattr(products, "use_swapped", lambda x, w, b: decided.append(torch.get_num_threads()) or False)
+    torch.manual_seed(0)
+    model = build_mlp(MLPConfig(hidden=(8,)))
+    step = fused.FusedStep(model, torch.optim.SGD(model.parameters(), lr=0.1), check=False)
+    x, y = torch.rand(32, 1, 28, 28), torch.randint(0, 10, (32,))
+    threads = torch.get_num_threads()
+    step(x, y)
+    step(x, y)
+    assert len(decided) == 2  # two Linear layers, once each
+    try:
+        torch.set_num_threads(1 if threads > 1 else 2)
+        step(x, y)
+    finally:
+        torch.set_num_threads(threads)
+    assert len(decided) == 4 and decided[2:] == [1 if threads > 1 else 2] * 2

@@ -101,11 +101,12 @@ class _Linear:
 
     def __init__(self, m: nn.Linear, slot: int, input_grad: bool):
         self.weight, self.bias, self.slot, self.input_grad = m.weight, m.bias, slot, input_grad
-        self.shape, self.swap = None, False  # the forward product's order, for the last input shape seen
+        self.seen, self.swap = None, False  # the forward product's order, for the last input shape and threads seen
 
     def forward(self, x: torch.Tensor):
-        if x.shape != self.shape:
-            self.shape, self.swap = x.shape, products.use_swapped(x, self.weight, self.bias)
+        seen = (x.shape, torch.get_num_threads())
+        if seen != self.seen:
+            self.seen, self.swap = seen, products.use_swapped(x, self.weight, self.bias)
         return products.linear(x, self.weight, self.bias, self.swap), x
 
     def backward(self, g: torch.Tensor, x: torch.Tensor, grads: list):
