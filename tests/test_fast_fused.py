@@ -176,6 +176,24 @@ def test_a_new_mode_flag_is_checked_again(monkeypatch):
     assert len(seen) == 2
 
 
+def test_a_new_thread_count_is_checked_again(monkeypatch):
+    """A product can round differently with another number of threads: the check runs again for it."""
+    seen = []
+    original = fused.check_exact
+    monkeypatch.setattr(fused, "check_exact", lambda *args, **kw: seen.append(1) or original(*args, **kw))
+    model = build_mlp()
+    step = FusedStep(model, torch.optim.SGD(model.parameters(), lr=0.1))
+    x, y = batch()
+    threads = torch.get_num_threads()
+    step(x, y)
+    try:
+        torch.set_num_threads(1 if threads > 1 else 2)
+        step(x, y)
+    finally:
+        torch.set_num_threads(threads)
+    assert len(seen) == 2
+
+
 # --- what it declines ---------------------------------------------------------------------------------------------
 
 

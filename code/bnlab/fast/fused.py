@@ -15,9 +15,9 @@ imports nothing from here. The fused step may be a default because it meets two 
 
 * **It computes the same bits as ``PlainStep``, or it does not run.** It calls private ATen ops
   (``native_batch_norm_backward``, ``nll_loss_forward``, ...) that carry no compatibility promise, so before its
-  first step in a process for each model shape, batch shape and set of mode flags, it trains two twin copies of
-  the model for two steps on the real batch, one with itself and one with ``PlainStep``, from the same random
-  state, and compares the loss, every parameter, gradient and buffer and the optimizer's state bit for bit. On any
+  first step in a process for each model shape, batch shape, thread count and set of mode flags, it trains two
+  twin copies of the model for two steps on the real batch, one with itself and one with ``PlainStep``, from the
+  same random state, and compares the loss, every parameter, gradient and buffer and the optimizer's state bit for bit. On any
   difference, or an op missing from this PyTorch, it warns once and the run uses ``PlainStep``. The check runs
   on copies and restores the random generators, so it changes nothing about the run.
 * **No result depends on timing.** The kernels are autograd's. The one choice made by a timing is the order of a
@@ -260,14 +260,14 @@ class FusedStep:
         if self.first_trained is None:
             self.first_trained = len(self.layers)
         self.direct_sgd = _updates_one_tensor_at_a_time(optimizer, self.params)
-        self.checked: set = set()  # (batch shape, mode flags) this step has been checked for
+        self.checked: set = set()  # (batch shape, threads, mode flags) this step has been checked for
         self.fallback: PlainStep | None = None
         self._one = None
 
     def __call__(self, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
         """Train on one batch; return its loss (a 0-d tensor on the device)."""
         if self.check and self.fallback is None:
-            key = (tuple(xb.shape), tuple(m.training for m in self.modules))
+            key = (tuple(xb.shape), torch.get_num_threads(), tuple(m.training for m in self.modules))
             if key not in self.checked:
                 self.checked.add(key)
                 mismatch = checked_mismatch(self.model, self.optimizer, xb, yb)
