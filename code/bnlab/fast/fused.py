@@ -17,9 +17,9 @@ imports nothing from here. The fused step may be a default because it meets two 
   (``native_batch_norm_backward``, ``nll_loss_forward``, ...) that carry no compatibility promise, so before its
   first step in a process for each model shape, batch shape, thread count and set of mode flags, it trains two
   twin copies of the model for two steps on the real batch, one with itself and one with ``PlainStep``, from the
-  same random state, and compares the loss, every parameter, gradient and buffer and the optimizer's state bit for bit. On any
-  difference, or an op missing from this PyTorch, it warns once and the run uses ``PlainStep``. The check runs
-  on copies and restores the random generators, so it changes nothing about the run.
+  same random state, and compares the loss, every parameter, gradient and buffer and the optimizer's state bit
+  for bit. On any difference, or an op missing from this PyTorch, it warns once and the run uses ``PlainStep``.
+  The check runs on copies and restores the random generators, so it changes nothing about the run.
 * **No result depends on timing.** The kernels are autograd's. The one choice made by a timing is the order of a
   Linear layer's forward product, ``x W^T`` or ``(W x^T)^T``, and it is only offered where the two give the same
   bits for that shape (``bnlab.fast.products`` checks it first), so the timing decides the speed, never a result.
