@@ -160,7 +160,8 @@ def test_the_seeds_distance_from_the_floor_pairs_each_round_with_its_own_peak(mo
                                              batch_size=sizes.batch_size)
     peaks = iter([10 * per_sample, 2 * per_sample, 3 * per_sample] + [per_sample] * sizes.repeats)
     monkeypatch.setattr(bench, "matmul_peak", lambda **kwargs: next(peaks))
-    monkeypatch.setattr(bench, "RATES", tuple(replace(r, measure=lambda setup: bench.Rate(1, 1.0)) for r in bench.RATES))
+    made_up = tuple(replace(r, measure=lambda setup: bench.Rate(1, 1.0)) for r in bench.RATES)
+    monkeypatch.setattr(bench, "RATES", made_up)
     rows = bench.run_benchmark(sizes=sizes, device="cpu", data_root_path=tmp_path)
     floor = bench.row(rows, "seeds in worker processes: time per seed / FLOP floor")
     assert floor.value == "2.50x" and "median of 2 rounds, 2.00x to 3.00x" in floor.note
