@@ -33,10 +33,13 @@ def test_the_swapped_order_computes_the_same_product(bias):
     torch.testing.assert_close(y, expected)
 
 
-def test_bitwise_equal_tells_signed_zeros_apart_and_matches_nans():
-    assert not products.bitwise_equal(torch.tensor([0.0]), torch.tensor([-0.0]))
-    assert products.bitwise_equal(torch.tensor([float("nan")]), torch.tensor([float("nan")]))
-    assert not products.bitwise_equal(torch.zeros(2), torch.zeros(3))
+def test_same_bits_tells_signed_zeros_apart_and_matches_nans():
+    assert products.same_bits(torch.tensor([0.0, float("nan")]), torch.tensor([0.0, float("nan")]))
+    assert not products.same_bits(torch.tensor([0.0]), torch.tensor([-0.0]))
+    assert not products.same_bits(torch.tensor([1.0]), torch.tensor([1.0, 1.0]))
+    assert not products.same_bits(torch.zeros(2), torch.zeros(3))
+    assert products.same_bits(None, None) and not products.same_bits(torch.zeros(1), None)
+    assert fused.same_bits is products.same_bits  # one comparison for the fused step's check and the products'
 
 
 def in_float64(x, weight, bias):

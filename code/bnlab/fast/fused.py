@@ -39,6 +39,7 @@ from torch import nn
 
 from ..training import Engine, PlainStep
 from . import products
+from .products import same_bits
 
 aten = torch.ops.aten
 
@@ -322,16 +323,6 @@ def _updates_one_tensor_at_a_time(optimizer: torch.optim.Optimizer, params: list
 
 
 # --- the exactness check -----------------------------------------------------------------------------------------
-
-
-def same_bits(a: torch.Tensor | None, b: torch.Tensor | None) -> bool:
-    """Whether two tensors (or ``None``) hold bitwise the same values (so ``-0.0`` differs from ``0.0``, and a nan
-    equals the same nan)."""
-    if a is None or b is None:
-        return a is None and b is None
-    if a.dtype != b.dtype or a.shape != b.shape:
-        return False
-    return torch.equal(a.reshape(-1).contiguous().view(torch.uint8), b.reshape(-1).contiguous().view(torch.uint8))
 
 
 def _random_state(device: torch.device):

@@ -40,16 +40,21 @@ def swapped(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) ->
     return y.t().contiguous()
 
 
-def bitwise_equal(a: torch.Tensor, b: torch.Tensor) -> bool:
-    """Whether two float32 tensors hold the same bits (so ``-0.0`` differs from ``0.0``, and a nan matches itself)."""
-    return a.shape == b.shape and torch.equal(a.contiguous().view(torch.int32), b.contiguous().view(torch.int32))
+def same_bits(a: torch.Tensor | None, b: torch.Tensor | None) -> bool:
+    """Whether two tensors (or ``None``) hold bitwise the same values (so ``-0.0`` differs from ``0.0``, and a nan
+    equals the same nan)."""
+    if a is None or b is None:
+        return a is None and b is None
+    if a.dtype != b.dtype or a.shape != b.shape:
+        return False
+    return torch.equal(a.reshape(-1).contiguous().view(torch.uint8), b.reshape(-1).contiguous().view(torch.uint8))
 
 
 def orders_agree(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
     """Whether ``direct`` and ``swapped`` give the same bits on ``x`` and on random data of its shape (drawn from
     a generator of its own: the global random state is left alone)."""
     probe = torch.randn(x.shape, generator=torch.Generator().manual_seed(0), dtype=x.dtype)
-    return all(bitwise_equal(direct(a, weight, bias), swapped(a, weight, bias)) for a in (x, probe))
+    return all(same_bits(direct(a, weight, bias), swapped(a, weight, bias)) for a in (x, probe))
 
 
 def seconds(product, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> float:
